@@ -1,0 +1,26 @@
+"""whitebox: white-box transformers for vision (CRATE, CRATE-MAE), built the way timm is built."""
+
+from registry import (
+    create_model,
+    get_pretrained_cfg,
+    is_model,
+    list_models,
+    list_pretrained,
+    model_entrypoint,
+)
+
+from . import layers, models
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "__version__",
+    "create_model",
+    "get_pretrained_cfg",
+    "is_model",
+    "layers",
+    "list_models",
+    "list_pretrained",
+    "model_entrypoint",
+    "models",
+]

@@ -1,0 +1,19 @@
+"""Reusable white-box building blocks; each is a plain ``nn.Module`` on (B, N, d) tokens."""
+
+from .blocks import CrateBlock, CrateDecoderBlock
+from .ista import ISTA
+from .mssa import SubspaceAttention
+from .patch_embed import ConvPatchEmbed, LinearPatchEmbed, check_images
+from .pos_embed import SinCosPosEmbed, sincos_2d
+
+__all__ = [
+    "ISTA",
+    "ConvPatchEmbed",
+    "CrateBlock",
+    "CrateDecoderBlock",
+    "LinearPatchEmbed",
+    "SinCosPosEmbed",
+    "SubspaceAttention",
+    "check_images",
+    "sincos_2d",
+]

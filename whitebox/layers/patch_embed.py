@@ -1,0 +1,72 @@
+"""Patch embeddings (convolutional as in MAE, LayerNorm-linear as in supervised CRATE) and input checks."""
+
+from __future__ import annotations
+
+import torch
+from einops import rearrange
+from torch import nn
+
+
+def check_images(x: object, in_chans: int, patch_size: int) -> None:
+    """Raise a clear error unless ``x`` is a float (B, C, H, W) batch that tiles into patches."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"expected a torch.Tensor of images (B, C, H, W), got {type(x).__name__}")
+    if x.ndim != 4:
+        raise ValueError(f"expected images of shape (B, C, H, W), got a {x.ndim}-D tensor of shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise TypeError(
+            f"expected a floating-point image tensor, got {x.dtype}; convert it first, e.g. x.float() / 255 "
+            "followed by the model's mean/std normalisation"
+        )
+    if x.shape[1] != in_chans:
+        raise ValueError(f"expected {in_chans} input channels, got {x.shape[1]} (input shape {tuple(x.shape)})")
+    h, w = x.shape[-2:]
+    if h % patch_size or w % patch_size:
+        raise ValueError(
+            f"image size {h}x{w} is not divisible by the patch size {patch_size}; "
+            f"use a height and width that are multiples of {patch_size}"
+        )
+
+
+class _PatchEmbedBase(nn.Module):
+    def __init__(self, img_size: int | tuple[int, int], patch_size: int, in_chans: int) -> None:
+        super().__init__()
+        self.img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+        if self.img_size[0] % patch_size or self.img_size[1] % patch_size:
+            raise ValueError(f"img_size {self.img_size} is not divisible by patch_size {patch_size}")
+        self.patch_size = patch_size
+        self.in_chans = in_chans
+        self.grid_size = (self.img_size[0] // patch_size, self.img_size[1] // patch_size)
+        self.num_patches = self.grid_size[0] * self.grid_size[1]
+
+    def dynamic_grid(self, x: torch.Tensor) -> tuple[int, int]:
+        """Patch grid (gh, gw) of an image batch, after checking the batch."""
+        check_images(x, self.in_chans, self.patch_size)
+        return x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size
+
+
+class ConvPatchEmbed(_PatchEmbedBase):
+    """Non-overlapping p x p convolution with bias (MAE / timm ``PatchEmbed``): (B, C, H, W) -> (B, N, d)."""
+
+    def __init__(self, img_size: int | tuple[int, int], patch_size: int, in_chans: int, embed_dim: int) -> None:
+        super().__init__(img_size, patch_size, in_chans)
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x).flatten(2).transpose(1, 2)
+
+
+class LinearPatchEmbed(_PatchEmbedBase):
+    """Supervised CRATE's embedding: patches as (p1 p2 c) vectors -> LN -> Linear -> LN."""
+
+    def __init__(self, img_size: int | tuple[int, int], patch_size: int, in_chans: int, embed_dim: int) -> None:
+        super().__init__(img_size, patch_size, in_chans)
+        patch_dim = in_chans * patch_size * patch_size
+        self.norm_in = nn.LayerNorm(patch_dim)
+        self.proj = nn.Linear(patch_dim, embed_dim)
+        self.norm_out = nn.LayerNorm(embed_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = self.patch_size
+        x = rearrange(x, "b c (h p1) (w p2) -> b (h w) (p1 p2 c)", p1=p, p2=p)
+        return self.norm_out(self.proj(self.norm_in(x)))

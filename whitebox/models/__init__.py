@@ -1,0 +1,9 @@
+"""Model families; importing this module registers every variant."""
+
+from ._encoder import TokenEncoder
+from ._mae import MAEOutput, MAEReconstruction, MaskedAutoencoder
+from .crate import CRATE
+from .crate_mae import CrateMAE
+from .vit_mae import ViTMAE
+
+__all__ = ["CRATE", "CrateMAE", "MAEOutput", "MAEReconstruction", "MaskedAutoencoder", "TokenEncoder", "ViTMAE"]

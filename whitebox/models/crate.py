@@ -1,0 +1,127 @@
+"""CRATE: the white-box transformer backbone and classifier (Yu et al., arXiv 2306.01129).
+
+Each layer is ``x = x + MSSA(LN(x)); x = ISTA(LN(x))`` (see ``whitebox.layers.CrateBlock``).
+The supervised variants use the official embedding (patches -> LN -> Linear -> LN), a learned
+position table and class token, and a head ``LN + Linear`` on the class token. The same class,
+with a convolutional embedding, fixed sin-cos positions and a final LN, is the CRATE-MAE encoder.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from registry import build_model_with_cfg, generate_default_cfgs, register_model
+
+from ..layers import CrateBlock
+from ._encoder import GlobalPool, TokenEncoder
+
+__all__ = ["CRATE"]
+
+
+class CRATE(TokenEncoder):
+    """CRATE backbone / classifier.
+
+    Args:
+        img_size, patch_size, in_chans: input geometry.
+        num_classes: classifier width; 0 for a backbone that returns pooled features.
+        global_pool: ``'token'`` (class token, official), ``'avg'`` (mean of patch tokens) or ``''``.
+        embed_dim, depth, num_heads: width d, number of layers L, number of subspaces h.
+        eta, lambd: ISTA step size and threshold (official: 0.1 and 0.1 supervised, 0.5 for MAE).
+        embed_layer: ``'linear'`` (official supervised) or ``'conv'`` (MAE).
+        pos_embed: ``'learn'`` (official supervised, N(0, 1) init) or ``'sincos'`` (fixed, MAE).
+        final_norm: LN(eps 1e-6) after the last layer (the MAE encoder has one).
+        fc_norm: LN on the pooled token before the head (the official ``mlp_head`` has one).
+        drop_rate, pos_drop_rate, attn_drop_rate, proj_drop_rate, drop_path_rate: regularisation.
+        dynamic_img_size: accept other image sizes at run time by resampling a learned table.
+        fused_attn: use ``scaled_dot_product_attention`` (``None``: timm's global switch).
+    """
+
+    def __init__(
+        self,
+        img_size: int | tuple[int, int] = 224,
+        patch_size: int = 16,
+        in_chans: int = 3,
+        num_classes: int = 1000,
+        global_pool: GlobalPool = "token",
+        embed_dim: int = 768,
+        depth: int = 12,
+        num_heads: int = 12,
+        eta: float = 0.1,
+        lambd: float = 0.1,
+        embed_layer: Literal["conv", "linear"] = "linear",
+        pos_embed: Literal["sincos", "learn"] = "learn",
+        final_norm: bool = False,
+        fc_norm: bool = True,
+        drop_rate: float = 0.0,
+        pos_drop_rate: float = 0.0,
+        attn_drop_rate: float = 0.0,
+        proj_drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+        dynamic_img_size: bool = False,
+        fused_attn: bool | None = None,
+    ) -> None:
+        super().__init__(
+            block_fn=CrateBlock,
+            img_size=img_size,
+            patch_size=patch_size,
+            in_chans=in_chans,
+            num_classes=num_classes,
+            global_pool=global_pool,
+            embed_dim=embed_dim,
+            depth=depth,
+            num_heads=num_heads,
+            embed_layer=embed_layer,
+            pos_embed=pos_embed,
+            final_norm=final_norm,
+            fc_norm=fc_norm,
+            drop_rate=drop_rate,
+            pos_drop_rate=pos_drop_rate,
+            drop_path_rate=drop_path_rate,
+            dynamic_img_size=dynamic_img_size,
+            block_kwargs=dict(
+                eta=eta, lambd=lambd, attn_drop=attn_drop_rate, proj_drop=proj_drop_rate, fused_attn=fused_attn
+            ),
+        )
+        # Official initialisation: PyTorch defaults, N(0, 1) class token and learned positions.
+        nn.init.normal_(self.cls_token)
+        if isinstance(self.pos_embed, nn.Parameter):
+            nn.init.normal_(self.pos_embed)
+
+
+def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """Map a checkpoint onto ``model``; native checkpoints pass through unchanged."""
+    return state_dict
+
+
+pretrained_cfgs = generate_default_cfgs({})
+
+
+def _create_crate(variant: str, pretrained: bool = False, **kwargs: Any) -> CRATE:
+    return build_model_with_cfg(CRATE, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn, **kwargs)
+
+
+@register_model
+def crate_tiny(pretrained: bool = False, **kwargs: Any) -> CRATE:
+    """CRATE-T/16 (d 384, 6 heads, 12 layers; 6.09M parameters at 1000 classes)."""
+    return _create_crate("crate_tiny", pretrained, **dict(dict(embed_dim=384, depth=12, num_heads=6), **kwargs))
+
+
+@register_model
+def crate_small(pretrained: bool = False, **kwargs: Any) -> CRATE:
+    """CRATE-S/16 (d 576, 12 heads, 12 layers; 13.12M parameters)."""
+    return _create_crate("crate_small", pretrained, **dict(dict(embed_dim=576, depth=12, num_heads=12), **kwargs))
+
+
+@register_model
+def crate_base(pretrained: bool = False, **kwargs: Any) -> CRATE:
+    """CRATE-B/16 (d 768, 12 heads, 12 layers; 22.80M parameters)."""
+    return _create_crate("crate_base", pretrained, **dict(dict(embed_dim=768, depth=12, num_heads=12), **kwargs))
+
+
+@register_model
+def crate_large(pretrained: bool = False, **kwargs: Any) -> CRATE:
+    """CRATE-L/16 (d 1024, 16 heads, 24 layers; 77.64M parameters)."""
+    return _create_crate("crate_large", pretrained, **dict(dict(embed_dim=1024, depth=24, num_heads=16), **kwargs))

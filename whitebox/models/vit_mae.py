@@ -1,0 +1,101 @@
+"""ViT-MAE built from timm blocks in the CRATE-MAE harness: the paper's comparison baseline.
+
+Same masking, full-sequence encoder, loss and interface as ``CrateMAE``; only the blocks differ
+(timm ``Block``: MLP ratio 4, no qkv bias, LayerNorm eps 1e-5, as the official harness builds
+them). The decoder has 8 blocks at the encoder's width (16 heads). The official harness also
+builds an unused ``decoder_embed`` (0.59M in Base); here it exists only when
+``decoder_embed_dim`` differs from the encoder width, where it is used.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from timm.models.vision_transformer import Block
+from torch import nn
+
+from registry import build_model_with_cfg, generate_default_cfgs, register_model
+
+from ._encoder import TokenEncoder
+from ._mae import MaskedAutoencoder
+
+__all__ = ["ViTMAE"]
+
+
+class ViTMAE(MaskedAutoencoder):
+    """Masked autoencoder with ViT blocks (encoder over the full sequence, as CRATE-MAE's)."""
+
+    def __init__(
+        self,
+        img_size: int | tuple[int, int] = 224,
+        patch_size: int = 16,
+        in_chans: int = 3,
+        embed_dim: int = 768,
+        depth: int = 12,
+        num_heads: int = 12,
+        decoder_embed_dim: int | None = None,
+        decoder_depth: int = 8,
+        decoder_num_heads: int = 16,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = False,
+        norm_pix_loss: bool = False,
+        mask_ratio: float = 0.75,
+        num_classes: int = 0,
+        global_pool: str = "token",
+        drop_path_rate: float = 0.0,
+    ) -> None:
+        decoder_embed_dim = decoder_embed_dim or embed_dim
+        super().__init__(embed_dim, norm_pix_loss=norm_pix_loss, mask_ratio=mask_ratio)
+        self.encoder = TokenEncoder(
+            block_fn=Block,
+            img_size=img_size,
+            patch_size=patch_size,
+            in_chans=in_chans,
+            num_classes=num_classes,
+            global_pool=global_pool,
+            embed_dim=embed_dim,
+            depth=depth,
+            num_heads=num_heads,
+            embed_layer="conv",
+            pos_embed="sincos",
+            final_norm=True,
+            drop_path_rate=drop_path_rate,
+            block_kwargs=dict(mlp_ratio=mlp_ratio, qkv_bias=qkv_bias),
+        )
+        self.decoder_embed = (
+            nn.Linear(embed_dim, decoder_embed_dim) if decoder_embed_dim != embed_dim else nn.Identity()
+        )
+        self.decoder_blocks = nn.Sequential(
+            *[
+                Block(decoder_embed_dim, decoder_num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias)
+                for _ in range(decoder_depth)
+            ]
+        )
+        self.decoder_norm = nn.LayerNorm(decoder_embed_dim, eps=1e-6)
+        self.decoder_pred = nn.Linear(decoder_embed_dim, patch_size**2 * in_chans)
+        self.init_weights()
+
+
+def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """Map a checkpoint onto ``model``; native checkpoints pass through unchanged."""
+    return state_dict
+
+
+pretrained_cfgs = generate_default_cfgs({})
+
+
+def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> ViTMAE:
+    return build_model_with_cfg(ViTMAE, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn, **kwargs)
+
+
+@register_model
+def vit_mae_base(pretrained: bool = False, **kwargs: Any) -> ViTMAE:
+    """ViT-MAE-B/16 twin of CRATE-MAE-B (d 768, 12 heads, 12 encoder + 8 decoder blocks)."""
+    return _create("vit_mae_base", pretrained, **dict(dict(embed_dim=768, depth=12, num_heads=12), **kwargs))
+
+
+@register_model
+def vit_mae_large(pretrained: bool = False, **kwargs: Any) -> ViTMAE:
+    """ViT-MAE-L/16 twin of CRATE-MAE-L (d 1024, 16 heads, 24 encoder + 8 decoder blocks)."""
+    return _create("vit_mae_large", pretrained, **dict(dict(embed_dim=1024, depth=24, num_heads=16), **kwargs))
