@@ -58,16 +58,36 @@ class SubspaceAttention(nn.Module):
         return rearrange(u, "d (h p) -> h d p", h=self.num_heads)
 
     def forward(
-        self, x: torch.Tensor, return_attention: bool = False
+        self,
+        x: torch.Tensor,
+        attn_mask: torch.Tensor | None = None,
+        is_causal: bool = False,
+        return_attention: bool = False,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """Apply MSSA to ``x`` (B, N, d); with ``return_attention`` also return (B, h, N, N)."""
+        """Apply MSSA to ``x`` (B, N, d); with ``return_attention`` also return (B, h, N, N).
+
+        ``attn_mask`` follows ``scaled_dot_product_attention``: boolean (True = attend) or additive,
+        broadcastable to (B, h, N, N); ``is_causal`` lets token i attend to tokens <= i only. With
+        them the layer is a drop-in for timm's ``Attention``.
+        """
         w = rearrange(self.qkv(x), "b n (h p) -> b h n p", h=self.num_heads)
         attn = None
         if self.fused_attn and not return_attention:
             drop = self.attn_drop.p if self.training else 0.0
-            out = F.scaled_dot_product_attention(w, w, w, dropout_p=drop)
+            out = F.scaled_dot_product_attention(w, w, w, attn_mask=attn_mask, dropout_p=drop, is_causal=is_causal)
         else:
-            attn = (w @ w.transpose(-2, -1) * self.scale).softmax(dim=-1)
+            logits = w @ w.transpose(-2, -1) * self.scale
+            if is_causal:
+                n = logits.shape[-1]
+                causal = torch.ones(n, n, dtype=torch.bool, device=logits.device).tril()
+                attn_mask = causal if attn_mask is None else attn_mask & causal
+            if attn_mask is not None:
+                logits = (
+                    logits.masked_fill(~attn_mask, float("-inf"))
+                    if attn_mask.dtype == torch.bool
+                    else logits + attn_mask
+                )
+            attn = logits.softmax(dim=-1)
             out = self.attn_drop(attn) @ w
         out = self.proj_drop(self.proj(rearrange(out, "b h n p -> b n (h p)")))
         if return_attention:

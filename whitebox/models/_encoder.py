@@ -70,7 +70,7 @@ class TokenEncoder(nn.Module):
         else:
             self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches + 1, embed_dim))
         self.pos_drop = nn.Dropout(pos_drop_rate)
-        dpr = torch.linspace(0, drop_path_rate, depth).tolist()
+        dpr = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # stochastic depth, linear rule
         self.blocks = nn.Sequential(
             *[
                 block_fn(dim=embed_dim, num_heads=num_heads, drop_path=dpr[i], **(block_kwargs or {}))
@@ -94,7 +94,8 @@ class TokenEncoder(nn.Module):
     # ----------------------------------------------------------------------------- timm interface
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
-        return {"pos_embed", "cls_token"}
+        """Parameter names that take no weight decay (tokens and a learned position table)."""
+        return {"cls_token", "pos_embed"} if isinstance(self.pos_embed, nn.Parameter) else {"cls_token"}
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
