@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import pickle
 from pathlib import Path
@@ -10,6 +11,9 @@ from typing import Any
 import torch
 
 _WRAPPER_KEYS = ("model", "state_dict", "model_state", "model_state_dict", "module")
+# facebookresearch/mae-style training checkpoints store the run's argparse.Namespace next to the weights;
+# it is a plain attribute container (unpickling only fills its __dict__), so allowing it runs no code.
+_SAFE_GLOBALS = [argparse.Namespace]
 
 
 class UnsafeCheckpointError(pickle.UnpicklingError):
@@ -30,7 +34,8 @@ def load_state_dict_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor
 
         return load_file(str(path), device="cpu")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(_SAFE_GLOBALS):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         raise UnsafeCheckpointError(
             f"refused to load {path}: it is not a plain tensor checkpoint and loading it would run code "

@@ -10,6 +10,7 @@ from registry import (
 )
 
 from . import layers, models
+from .hub import push_to_hub, save_pretrained
 
 __version__ = "0.1.0"
 
@@ -23,4 +24,6 @@ __all__ = [
     "list_pretrained",
     "model_entrypoint",
     "models",
+    "push_to_hub",
+    "save_pretrained",
 ]

@@ -92,11 +92,38 @@ class CRATE(TokenEncoder):
 
 
 def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
-    """Map a checkpoint onto ``model``; native checkpoints pass through unchanged."""
-    return state_dict
+    """Map a checkpoint onto ``model`` (official supervised CRATE, a CRATE-MAE encoder, or native; see
+    ``whitebox.convert.crate_filter``) and adapt it to ``num_classes`` / ``in_chans`` / ``img_size``."""
+    from ..convert import crate_filter
+
+    return crate_filter(state_dict, model)
 
 
-pretrained_cfgs = generate_default_cfgs({})
+pretrained_cfgs = generate_default_cfgs(
+    {
+        "crate_small.in1k": dict(
+            gdrive_id="1hYgDJl4EKHYfKprwhEjmWmWHuxnK6_h8",
+            filename="crate_small_in1k.pth",
+            sha256=None,  # not published; the Drive file is the authors' training checkpoint
+            input_size=(3, 224, 224),
+            interpolation="bilinear",
+            crop_pct=0.875,
+            mean=(0.485, 0.456, 0.406),
+            std=(0.229, 0.224, 0.225),
+            num_classes=1000,
+            first_conv="patch_embed.proj",
+            classifier="head",
+            license="mit",
+            paper="White-Box Transformers via Sparse Rate Reduction, Yu et al., NeurIPS 2023 (arXiv 2306.01129)",
+            origin_url="https://github.com/Ma-Lab-Berkeley/CRATE",
+            notes=(
+                "Official supervised CRATE-S/16 ImageNet-1K release ({'state_dict': ...} saved from "
+                "DataParallel, 'module.' prefix). Official defaults eta = 0.1, lambda = 0.1; evaluation "
+                "Resize(256) + CenterCrop(224), bilinear."
+            ),
+        ),
+    }
+)
 
 
 def _create_crate(variant: str, pretrained: bool = False, **kwargs: Any) -> CRATE:

@@ -78,8 +78,11 @@ class ViTMAE(MaskedAutoencoder):
 
 
 def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
-    """Map a checkpoint onto ``model``; native checkpoints pass through unchanged."""
-    return state_dict
+    """Map a checkpoint onto ``model`` (MAE-style ViT layout or native; see ``whitebox.convert.vit_mae_filter``)
+    and adapt it to ``num_classes`` / ``in_chans``."""
+    from ..convert import vit_mae_filter
+
+    return vit_mae_filter(state_dict, model)
 
 
 pretrained_cfgs = generate_default_cfgs({})
