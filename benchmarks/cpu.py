@@ -60,8 +60,7 @@ def build(impl: str, model_name: str, img_size: int) -> tuple[torch.nn.Module, c
 def make_step(model: torch.nn.Module, loss_fn, batch: int, img_size: int, train: bool):
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(batch, 3, img_size, img_size, generator=gen)
-    enc = getattr(model, "encoder", model)
-    patch = enc.patch_embed.patch_size if hasattr(enc, "patch_embed") else model.patch
+    patch = getattr(model, "patch", None) or getattr(model, "patch_size", None) or model.patch_embed.patch_size
     patch_count = (img_size // patch) ** 2
     noise = torch.rand(batch, patch_count, generator=gen)
     if not train:
