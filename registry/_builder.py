@@ -64,18 +64,19 @@ def build_model_with_cfg(
 ) -> nn.Module:
     """Construct ``model_cls(**kwargs)`` for ``variant`` and, with ``pretrained``, load its weights.
 
-    The record's ``model_args`` (the architecture the weights need) apply when loading weights;
+    The record's ``model_args`` (the architecture the weights need) apply when loading weights or
+    when a tag is named (``'crate_mae_base.in1k'`` builds the architecture of those weights);
     arguments given here take precedence.
     """
     cfg = resolve_pretrained_cfg(variant, pretrained_cfg, pretrained_cfg_overlay)
-    if pretrained:
-        if not cfg.has_weights:
-            available = list_pretrained()
-            raise ValueError(
-                f"no pretrained weights are registered for {cfg.name!r}; variants with weights: "
-                f"{', '.join(available) if available else 'none yet'}. Pass checkpoint_path=... to load "
-                "your own file."
-            )
+    if pretrained and not cfg.has_weights:
+        available = list_pretrained()
+        raise ValueError(
+            f"no pretrained weights are registered for {cfg.name!r}; variants with weights: "
+            f"{', '.join(available) if available else 'none yet'}. Pass checkpoint_path=... to load "
+            "your own file."
+        )
+    if pretrained or (isinstance(pretrained_cfg, str) and pretrained_cfg):
         kwargs = {**cfg.model_args, **kwargs}
     check_kwargs(model_cls, kwargs, variant)
     model = model_cls(**kwargs)

@@ -111,6 +111,8 @@ def test_registry_is_generic():
         cfg = registry.get_pretrained_cfg("toy_net.v1")
         assert cfg.architecture == "toy_net" and cfg.tag == "v1" and cfg.license == "mit"
         assert registry.create_model("toy_net", width=3).fc.in_features == 3
+        assert registry.create_model("toy_net").fc.in_features == 4  # the class default
+        assert registry.create_model("toy_net.v1").fc.in_features == 8  # a named tag brings its architecture
         with pytest.raises(ValueError, match="no pretrained tag 'v2'.*toy_net.v1"):
             registry.create_model("toy_net.v2")
         with pytest.raises(FileNotFoundError, match="nonexistent"):
