@@ -1,0 +1,57 @@
+"""Reconstruction grids of a masked autoencoder: masked input / reconstruction / pasted / original."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..models._mae import MaskedAutoencoder
+from ._model import evaluating, image_geometry
+from .images import IMAGENET_MEAN, IMAGENET_STD, save_png, tile, to_uint8
+
+__all__ = ["reconstruction_grid"]
+
+
+def reconstruction_grid(
+    model: nn.Module,
+    images: torch.Tensor,
+    mask_ratio: float = 0.75,
+    seed: int = 0,
+    noise: torch.Tensor | None = None,
+    path: str | os.PathLike[str] | None = None,
+    mean: tuple[float, ...] = IMAGENET_MEAN,
+    std: tuple[float, ...] = IMAGENET_STD,
+    scale: int = 1,
+) -> np.ndarray:
+    """A row per image: masked input, reconstruction, visible patches pasted over it, original.
+
+    Args:
+        model: a masked autoencoder (CRATE-MAE or ViT-MAE).
+        images: (B, 3, H, W) images normalised with ``mean`` / ``std``.
+        mask_ratio: fraction of patches removed.
+        seed: seeds the masking noise when ``noise`` is not given, so grids are reproducible.
+        noise: (B, L) masking noise (MAE's argsort convention), overrides ``seed``.
+        path: write the grid as a PNG there.
+        scale: enlarge each tile by this integer factor (pixel repetition).
+
+    Returns:
+        uint8 (B * H + pad, 4 * W + pad, 3); removed patches of the masked input show the mean colour.
+    """
+    if not isinstance(model, MaskedAutoencoder):
+        raise TypeError(
+            f"reconstruction grids need a masked autoencoder (CRATE-MAE or ViT-MAE), got {type(model).__name__}"
+        )
+    gh, gw = image_geometry(model, images)
+    if noise is None:
+        noise = torch.rand(images.shape[0], gh * gw, generator=torch.Generator().manual_seed(seed))
+    device = next(model.parameters()).device
+    with evaluating(model):
+        rec = model.reconstruct(images.to(device), mask_ratio=mask_ratio, noise=noise.to(device))
+    columns = [to_uint8(t, mean, std) for t in (rec.masked, rec.reconstruction, rec.pasted, images)]
+    grid = tile([[c[b] for c in columns] for b in range(images.shape[0])], scale=scale)
+    if path is not None:
+        save_png(grid, path)
+    return grid

@@ -1,0 +1,181 @@
+"""Images in and out of the analysis: loading, ImageNet normalisation, uint8 conversion, PNG files."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "default_images",
+    "load_images",
+    "normalize_images",
+    "save_png",
+    "to_uint8",
+]
+
+
+def normalize_images(
+    images: np.ndarray, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
+) -> torch.Tensor:
+    """uint8 images (B, H, W, 3) -> float (B, 3, H, W) tensor, ``(x / 255 - mean) / std``."""
+    arr = np.asarray(images)
+    if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[-1] != len(mean):
+        raise ValueError(
+            f"expected uint8 images of shape (B, H, W, {len(mean)}), got dtype {arr.dtype} shape {arr.shape}"
+        )
+    x = torch.from_numpy(arr.astype(np.float32) / 255.0).permute(0, 3, 1, 2)
+    return (x - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)
+
+
+def to_uint8(
+    images: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
+) -> np.ndarray:
+    """Normalised float (B, 3, H, W) -> uint8 (B, H, W, 3), undoing ``normalize_images`` and clipping."""
+    if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != len(mean):
+        raise ValueError(f"expected a (B, {len(mean)}, H, W) tensor of normalised images")
+    x = images.detach().float().cpu() * torch.tensor(std).view(1, -1, 1, 1) + torch.tensor(mean).view(1, -1, 1, 1)
+    return (x.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+def _square(img: np.ndarray, size: int) -> np.ndarray:
+    from PIL import Image
+
+    h, w = img.shape[:2]
+    s = min(h, w)
+    top, left = (h - s) // 2, (w - s) // 2
+    crop = Image.fromarray(img[top : top + s, left : left + s]).resize((size, size), Image.BICUBIC)
+    return np.asarray(crop)
+
+
+def load_images(paths: Sequence[str | os.PathLike[str]], size: int) -> np.ndarray:
+    """Image files -> centre square crops resized to ``size``: uint8 (B, size, size, 3)."""
+    from PIL import Image
+
+    if not paths:
+        raise ValueError("no image paths given")
+    out = []
+    for path in paths:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"image file not found: {path}")
+        with Image.open(path) as im:
+            out.append(_square(np.asarray(im.convert("RGB")), size))
+    return np.stack(out)
+
+
+def default_images(size: int, count: int | None = None) -> np.ndarray:
+    """The embedded sample photos (``whitebox.sample_images``) as uint8 (B, size, size, 3)."""
+    from ..sample_images import sample_batch
+
+    return sample_batch(size, count)
+
+
+def _default_permissions(path: str) -> None:
+    """Give a temp file the mode a plain ``open`` would (mkstemp makes it owner-only)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
+def save_png(image: np.ndarray, path: str | os.PathLike[str]) -> Path:
+    """Write a uint8 (H, W, 3) or (H, W) array as a PNG, atomically (temp file, fsync, replace)."""
+    from PIL import Image
+
+    arr = np.asarray(image)
+    if arr.dtype != np.uint8 or arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[-1] not in (3, 4)):
+        raise ValueError(f"expected a uint8 (H, W), (H, W, 3) or (H, W, 4) image, got {arr.dtype} {arr.shape}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        _default_permissions(tmp)
+        with os.fdopen(fd, "wb") as f:
+            Image.fromarray(arr).save(f, format="PNG")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_text(text: str, path: str | os.PathLike[str]) -> Path:
+    """Write a text file atomically (temp file in the same folder, fsync, replace)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        _default_permissions(tmp)
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def tile(rows: Sequence[Sequence[np.ndarray]], pad: int = 2, fill: int = 255, scale: int = 1) -> np.ndarray:
+    """Arrange equally sized uint8 (H, W, 3) tiles in a grid with ``pad`` pixels between them.
+
+    ``scale`` > 1 enlarges every tile by pixel repetition first (small images stay legible).
+    """
+    if not rows or not rows[0]:
+        raise ValueError("nothing to tile")
+    if scale > 1:
+        rows = [[t.repeat(scale, axis=0).repeat(scale, axis=1) for t in r] for r in rows]
+    h, w = rows[0][0].shape[:2]
+    ncols = max(len(r) for r in rows)
+    out = np.full((len(rows) * (h + pad) - pad, ncols * (w + pad) - pad, 3), fill, dtype=np.uint8)
+    for i, row in enumerate(rows):
+        for j, t in enumerate(row):
+            if t.shape[:2] != (h, w):
+                raise ValueError(f"tile ({i}, {j}) is {t.shape[:2]}, expected {(h, w)}")
+            out[i * (h + pad) : i * (h + pad) + h, j * (w + pad) : j * (w + pad) + w] = t[..., :3]
+    return out
+
+
+def colorize(values: np.ndarray, cmap: str = "inferno") -> np.ndarray:
+    """Map values in [0, 1] (any shape) to uint8 RGB with a matplotlib colour map."""
+    mpl = require_matplotlib()
+    rgba = mpl.colormaps[cmap](np.clip(values, 0.0, 1.0))
+    return (rgba[..., :3] * 255).round().astype(np.uint8)
+
+
+def require_matplotlib():
+    """The ``matplotlib`` module, or an ImportError that says how to install it.
+
+    Figures are drawn on a ``Figure`` with an Agg canvas, never through pyplot, so the caller's
+    backend and global state are left alone.
+    """
+    try:
+        import matplotlib
+        import matplotlib.figure  # the figure code needs the submodules loaded
+        from matplotlib.backends import backend_agg  # noqa: F401
+    except ImportError as err:  # pragma: no cover - exercised only without the extra
+        raise ImportError(
+            "whitebox.analysis figures need matplotlib: pip install 'whitebox-transformers[analysis]' "
+            "(or pip install matplotlib)"
+        ) from err
+    return matplotlib
+
+
+def render(fig) -> np.ndarray:
+    """A matplotlib ``Figure`` drawn on an Agg canvas -> uint8 (H, W, 3)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()

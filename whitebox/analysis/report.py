@@ -1,0 +1,158 @@
+"""A small report folder: layer-wise table and plot, attention maps, PCA, reconstructions, index.html."""
+
+from __future__ import annotations
+
+import html
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..layers import SubspaceAttention
+from ..models._mae import MaskedAutoencoder
+from ._model import block_stacks
+from .attention import attention_figure, attention_maps
+from .figures import reconstruction_grid
+from .images import to_uint8, write_text
+from .layerwise import COLUMNS, LayerwiseStats, layerwise_stats, write_layerwise
+from .pca import feature_pca, pca_figure
+
+__all__ = ["write_report"]
+
+
+def _check_out_dir(out_dir: Path, overwrite: bool) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"report folder {out_dir} exists and is not a folder")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
+        raise ValueError(f"report folder {out_dir} is not empty; choose another or pass overwrite=True (--overwrite)")
+
+
+def _has_mssa(blocks: nn.Sequential) -> bool:
+    return all(isinstance(getattr(b, "attn", None), SubspaceAttention) for b in blocks)
+
+
+def _table_html(stats: LayerwiseStats) -> str:
+    def cell(v: Any) -> str:
+        if v is None:
+            return "<td>-</td>"
+        if isinstance(v, float):
+            return f"<td>{v:.4f}</td>" if math.isfinite(v) else f"<td>{v}</td>"
+        return f"<td>{html.escape(str(v))}</td>"
+
+    head = "".join(f"<th>{c}</th>" for c in COLUMNS)
+    body = "".join("<tr>" + "".join(cell(r[c]) for c in COLUMNS) + "</tr>" for r in stats.rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def write_report(
+    model: nn.Module,
+    out_dir: str | os.PathLike[str],
+    images: torch.Tensor,
+    name: str = "",
+    mask_ratio: float = 0.75,
+    max_images: int = 4,
+    eps: float = 0.5,
+    seed: int = 0,
+    overwrite: bool = False,
+) -> Path:
+    """Write the white-box report of ``model`` on ``images`` (normalised, (B, 3, H, W)) to ``out_dir``.
+
+    Files: ``layerwise.{md,csv,png}`` (all images), ``attention_<i>.png`` (CRATE models: every
+    encoder block and head, class-token query), ``pca.png`` (PCA of the patch tokens after the
+    first, middle and last encoder block), ``reconstruction.png`` (masked autoencoders, at
+    ``mask_ratio``), and ``index.html`` showing them. Pictures use the first ``max_images`` images.
+    Every file is written atomically; a non-empty ``out_dir`` needs ``overwrite=True``.
+    """
+    out_dir = Path(out_dir)
+    _check_out_dir(out_dir, overwrite)
+    if isinstance(max_images, bool) or not isinstance(max_images, int) or max_images < 1:
+        raise ValueError(f"max_images must be a positive int, got {max_images!r}")
+    start = time.perf_counter()
+    label = name or type(model).__name__
+    stats = layerwise_stats(model, images, eps=eps)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_layerwise(stats, out_dir, title=f"{label}: layer-wise measurements on {len(images)} images")
+
+    shown = images[:max_images]
+    pictures = to_uint8(shown)
+    sections: list[str] = []
+    stacks = block_stacks(model)
+    scale = max(1, 128 // max(images.shape[-2:]))  # tiny test images stay legible
+    encoder_blocks = stacks["encoder"]
+
+    if _has_mssa(encoder_blocks):
+        maps = attention_maps(model, shown, stage="encoder")
+        figs = []
+        for b in range(len(shown)):
+            attention_figure(pictures[b], maps[b], path=out_dir / f"attention_{b}.png", scale=scale, max_side=112)
+            figs.append(f'<img src="attention_{b}.png" alt="attention maps of image {b}">')
+        sections.append(
+            "<h2>Attention maps (encoder, class-token query)</h2><p>A row per encoder block (first at the top): the "
+            "image, then one map per head (MSSA's explicit path, each map scaled by its own range).</p>" + "".join(figs)
+        )
+    else:
+        sections.append(
+            "<h2>Attention maps</h2><p>Not available: this model's blocks do not use subspace attention "
+            "(MSSA), whose explicit path provides the maps.</p>"
+        )
+
+    depth = len(encoder_blocks)
+    pca_blocks = sorted({0, depth // 2, depth - 1})
+    pcas = feature_pca(model, shown, stage="encoder", block=pca_blocks)
+    pca_figure(pictures, list(pcas), path=out_dir / "pca.png", scale=scale)
+    sections.append(
+        "<h2>PCA of patch features</h2><p>The image, then the top three principal components of the patch tokens "
+        f"as RGB after encoder blocks {', '.join(str(i) for i in pca_blocks)} (PCA fitted on all shown images).</p>"
+        '<img src="pca.png" alt="PCA of patch features">'
+    )
+
+    if isinstance(model, MaskedAutoencoder):
+        reconstruction_grid(
+            model, shown, mask_ratio=mask_ratio, seed=seed, path=out_dir / "reconstruction.png", scale=scale
+        )
+        sections.append(
+            f"<h2>Masked reconstruction (mask ratio {mask_ratio})</h2><p>Masked input, reconstruction, visible "
+            'patches pasted over it, original.</p><img src="reconstruction.png" alt="reconstructions">'
+        )
+
+    params = sum(p.numel() for p in model.parameters())
+    info = ", ".join(f"{k}={v}" for k, v in stats.info.items())
+    size = f"{images.shape[-2]}x{images.shape[-1]}"
+    body = "".join(sections)
+    page = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>whitebox report: {html.escape(label)}</title>
+<style>body{{font-family:sans-serif;max-width:1400px;margin:2em auto;padding:0 1em}}
+table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:2px 8px;text-align:right}}
+img{{max-width:100%;display:block;margin:0.5em 0}}</style></head><body>
+<h1>White-box report: {html.escape(label)}</h1>
+<p>{type(model).__name__}, {params / 1e6:.2f}M parameters, {len(images)} images of {size},
+written in {time.perf_counter() - start:.1f} s.</p>
+<h2>Layer-wise measurements</h2>
+<p>compression = R<sup>c</sup> against the block's subspaces U after its MSSA step (compression_in: before it);
+sparsity = fraction of exact zeros in the block output; coding_rate = R of the block output; means over images,
+*_std their standard deviations. Measured with {html.escape(info)}.
+Files: <a href="layerwise.md">layerwise.md</a>, <a href="layerwise.csv">layerwise.csv</a>.</p>
+{_table_html(stats)}
+<img src="layerwise.png" alt="layer-wise plot">
+{body}
+</body></html>
+"""
+    write_text(page, out_dir / "index.html")
+    return out_dir
+
+
+def images_for(model: nn.Module, paths: list[str] | None, count: int | None) -> torch.Tensor:
+    """Normalised images for a report: files at ``paths`` or the embedded sample photos."""
+    from ._model import encoder_of
+    from .images import default_images, load_images, normalize_images
+
+    h, w = encoder_of(model).patch_embed.img_size
+    if h != w:
+        raise ValueError(f"the report loads square images; this model expects {h}x{w}")
+    arr: np.ndarray = load_images(paths, h) if paths else default_images(h, count)
+    return normalize_images(arr[:count] if count else arr)
