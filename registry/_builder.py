@@ -60,6 +60,9 @@ def build_model_with_cfg(
     pretrained_filter_fn: FilterFn | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
     pretrained_strict: bool = True,
+    features_only: bool = False,
+    out_indices: int | list[int] = 3,
+    feature_cfg: dict[str, Any] | None = None,
     **kwargs: Any,
 ) -> nn.Module:
     """Construct ``model_cls(**kwargs)`` for ``variant`` and, with ``pretrained``, load its weights.
@@ -67,6 +70,9 @@ def build_model_with_cfg(
     The record's ``model_args`` (the architecture the weights need) apply when loading weights or
     when a tag is named (``'crate_mae_base.in1k'`` builds the architecture of those weights);
     arguments given here take precedence.
+
+    ``features_only=True`` wraps the model (which must offer ``forward_intermediates`` and
+    ``feature_info``) in timm's ``FeatureGetterNet``: it returns the outputs of ``out_indices``.
     """
     cfg = resolve_pretrained_cfg(variant, pretrained_cfg, pretrained_cfg_overlay)
     if pretrained and not cfg.has_weights:
@@ -88,4 +94,10 @@ def build_model_with_cfg(
         from ._hub import load_pretrained
 
         load_pretrained(model, cfg, filter_fn=pretrained_filter_fn, strict=pretrained_strict, cache_dir=cache_dir)
+    if features_only:
+        if not hasattr(model, "forward_intermediates"):
+            raise TypeError(f"{variant} has no forward_intermediates, so features_only=True is not supported")
+        from timm.models._features import FeatureGetterNet
+
+        model = FeatureGetterNet(model, out_indices=out_indices, **(feature_cfg or {}))
     return model

@@ -56,6 +56,21 @@ class PretrainedCfg:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    # Read-only mapping access: timm's data utilities treat ``model.pretrained_cfg`` as a dict.
+    def __getitem__(self, key: str) -> Any:
+        if key not in self.__dataclass_fields__:
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return getattr(self, key) if key in self.__dataclass_fields__ else default
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.__dataclass_fields__
+
+    def keys(self) -> list[str]:
+        return list(self.__dataclass_fields__)
+
     def replace(self, **overlay: Any) -> PretrainedCfg:
         """A copy with ``overlay`` applied; unknown fields raise a ``TypeError`` naming them."""
         known = {f.name for f in dataclasses.fields(self)}

@@ -80,3 +80,14 @@ def test_bad_architecture_arguments():
         whitebox.create_model("crate_mae_tiny", img_size=30, patch_size=8)
     with pytest.raises(ValueError, match="global_pool must be"):
         whitebox.create_model("crate_tiny", global_pool="max")
+
+
+def test_noise_of_the_wrong_dtype():
+    with pytest.raises(TypeError, match="noise must be a floating-point tensor"):
+        _create("crate_mae_tiny")(torch.randn(2, 3, 32, 32), noise=torch.randint(0, 9, (2, 16)))
+
+
+def test_forward_intermediates_indices_out_of_range():
+    model = _create("crate_tiny")
+    with pytest.raises(ValueError, match=r"last n blocks: 1 <= n <= 2, got 3"):
+        model.forward_intermediates(torch.randn(1, 3, 32, 32), indices=3)

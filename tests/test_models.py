@@ -66,9 +66,20 @@ def test_forward_backward_every_parameter_gets_a_gradient(name):
     assert not missing, f"parameters without gradient: {missing}"
 
 
+def _count_calls(module: torch.nn.Module) -> list[int]:
+    """Count forward calls (hooks do not fire on checkpoint recomputation, a wrapped forward does)."""
+    calls: list[int] = []
+    forward = module.forward
+    module.forward = lambda *a, **k: (calls.append(1), forward(*a, **k))[1]
+    return calls
+
+
 @pytest.mark.parametrize("name", MODELS)
 def test_gradient_checkpointing_gives_the_same_output_and_gradients(name):
     model = _create(name).train()
+    encoder = getattr(model, "encoder", model)
+    blocks = [encoder.blocks[0]] + ([model.decoder_blocks[0]] if hasattr(model, "decoder_blocks") else [])
+    counters = [_count_calls(b) for b in blocks]
     out = _run(model, IMG)
     (out.sum()).backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
@@ -76,6 +87,7 @@ def test_gradient_checkpointing_gives_the_same_output_and_gradients(name):
     model.set_grad_checkpointing(True)
     out_ckpt = _run(model, IMG)
     out_ckpt.sum().backward()
+    assert [len(c) for c in counters] == [3] * len(blocks)  # once plain, twice with recomputation
     torch.testing.assert_close(out_ckpt, out)
     for n, p in model.named_parameters():
         if n in grads:
@@ -95,6 +107,8 @@ def test_reset_classifier_and_headless_give_num_features(name):
     assert isinstance(model.get_classifier(), torch.nn.Identity)
     model.reset_classifier(3, global_pool="avg")
     assert model.forward_head(feats).shape == (2, 3)
+    encoder = getattr(model, "encoder", model)
+    torch.testing.assert_close(model.forward_head(feats, pre_logits=True), encoder.fc_norm(feats[:, 1:].mean(1)))
     headless = _create(name, num_classes=0).eval()
     assert headless.forward_head(headless.forward_features(IMG)).shape == (2, headless.num_features)
 
@@ -107,8 +121,13 @@ def test_forward_intermediates_agree_with_forward_features(name):
     assert len(inter) == 2 and inter[0].shape == (2, model.num_features, 4, 4)
     last = model.forward_intermediates(IMG, indices=[-1], norm=True, output_fmt="NLC", intermediates_only=True)
     torch.testing.assert_close(last[0], final[:, 1:])
-    first = model.forward_intermediates(IMG, indices=1, stop_early=True, intermediates_only=True)
-    assert len(first) == 1
+    encoder = getattr(model, "encoder", model)
+    calls = _count_calls(encoder.blocks[1])
+    first = model.forward_intermediates(IMG, indices=[0], stop_early=True, intermediates_only=True)
+    assert len(first) == 1 and not calls  # the second block never ran
+    torch.testing.assert_close(first[0], inter[0])
+    with pytest.raises(ValueError, match=r"block indices must be in \[-2, 1\], got \[5\]"):
+        model.forward_intermediates(IMG, indices=[5])
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -126,8 +145,15 @@ def test_optimizer_interface(name):
     params = dict(model.named_parameters())
     no_wd = model.no_weight_decay()
     assert no_wd and all(any(k == n or n.startswith(k) for n in params) for k in no_wd)
-    matcher = model.group_matcher()
-    assert "stem" in matcher and "blocks" in matcher
+    from timm.models import group_parameters
+
+    groups = group_parameters(model, model.group_matcher())
+    grouped = [n for names in groups.values() for n in names]
+    assert sorted(grouped) == sorted(n for n, p in params.items() if p.requires_grad)
+    order = list(groups)
+    stem = next(g for g, names in groups.items() if any("patch_embed" in n for n in names))
+    first_block = next(g for g, names in groups.items() if any(".0." in n and "blocks" in n for n in names))
+    assert order.index(stem) < order.index(first_block)
 
 
 @pytest.mark.parametrize("name", [n for n in MODELS if n.startswith("crate_") and "mae" not in n])
@@ -137,3 +163,44 @@ def test_learned_positions_resize(name):
         model(torch.randn(1, 3, 48, 48))
     dynamic = _create(name, dynamic_img_size=True).eval()
     assert dynamic(torch.randn(1, 3, 48, 48)).shape == (1, dynamic.num_classes)
+
+
+@pytest.mark.parametrize("name", ["crate_tiny", "crate_mae_tiny", "vit_mae_base"])
+def test_features_only_through_timm_and_whitebox(name):
+    import timm
+
+    for create in (timm.create_model, whitebox.create_model):
+        model = create(name, features_only=True, out_indices=[0, 1], **tiny_kwargs(name)).eval()
+        feats = model(IMG)
+        assert [f.shape for f in feats] == [(2, 64, 4, 4)] * 2
+        assert model.feature_info.channels() == [64, 64]
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_dropout_and_drop_path_are_active_in_training_only(fused):
+    model = _create(
+        "crate_tiny", drop_rate=0.5, pos_drop_rate=0.5, attn_drop_rate=0.5, proj_drop_rate=0.5, drop_path_rate=0.5
+    )
+    for blk in model.blocks:
+        blk.attn.fused_attn = fused
+    model.train()
+    assert not torch.allclose(model(IMG), model(IMG))
+    model.eval()
+    torch.testing.assert_close(model(IMG), model(IMG))
+    plain = _create("crate_tiny").eval()
+    plain.load_state_dict(model.state_dict())
+    torch.testing.assert_close(model(IMG), plain(IMG))  # eval: regularisation leaves the function unchanged
+
+
+def test_timm_data_config_resolves():
+    from timm.data import resolve_model_data_config
+
+    cfg = resolve_model_data_config(_create("crate_tiny"))
+    assert cfg["input_size"] == (3, 224, 224) and cfg["interpolation"] == "bicubic"
+    assert resolve_model_data_config(whitebox.create_model("crate_small", depth=1))["interpolation"] == "bilinear"
+
+
+def test_crate_mae_decoder_depth_zero_is_a_linear_decoder():
+    model = _create("crate_mae_tiny", decoder_depth=0)
+    assert len(model.decoder_blocks) == 0
+    assert torch.isfinite(model(IMG).loss)

@@ -117,10 +117,18 @@ def test_registry_is_generic():
             registry.create_model("toy_net.v2")
         with pytest.raises(FileNotFoundError, match="nonexistent"):
             registry.create_model("toy_net.v1", pretrained=True)
+        # a later record can be added, and made the default
+        registry.register_pretrained_cfg("toy_net.v2", PretrainedCfg(file="/other.safetensors"), default=True)
+        assert registry.get_pretrained_cfg("toy_net").tag == "v2"
+        assert registry.list_pretrained("toy_net*") == ["toy_net.v1", "toy_net.v2"]
     finally:
         registry._registry._entrypoints.pop("toy_net")
         registry._registry._pretrained_cfgs.pop("toy_net")
         del sys.modules["toy_family"]
+        from timm.models import _registry as timm_registry
+
+        timm_registry._clear_model_entries("toy_net")
+        timm_registry._model_entrypoints.pop("toy_net", None)
 
 
 def test_checkpoint_path_loads_native_weights(tmp_path):
@@ -132,3 +140,30 @@ def test_checkpoint_path_loads_native_weights(tmp_path):
     dst = whitebox.create_model("crate_tiny", embed_dim=32, depth=1, num_heads=2, num_classes=3, checkpoint_path=path)
     x = torch.randn(1, 3, 224, 224)
     torch.testing.assert_close(dst(x), src(x))
+
+
+def test_register_pretrained_cfg_replaces_a_weightless_placeholder():
+    mod = types.ModuleType("toy_family2")
+    sys.modules["toy_family2"] = mod
+
+    def toy_net2(pretrained: bool = False, **kwargs):
+        return registry.build_model_with_cfg(nn.Linear, "toy_net2", pretrained, **kwargs)
+
+    toy_net2.__module__ = "toy_family2"
+    registry.register_model(toy_net2)
+    try:
+        assert registry.list_pretrained("toy_net2*") == []
+        assert registry.list_models("toy_net2*") == ["toy_net2"]
+        registry.register_pretrained_cfg("toy_net2.a", PretrainedCfg(url="http://127.0.0.1:9/w.safetensors"))
+        assert registry.list_pretrained("toy_net2*") == ["toy_net2.a"]
+        assert registry.get_pretrained_cfg("toy_net2").tag == "a"  # the placeholder record is gone
+        with pytest.raises(registry.UnknownModelError):
+            registry.register_pretrained_cfg("toy_nett.a", PretrainedCfg())
+    finally:
+        registry._registry._entrypoints.pop("toy_net2")
+        registry._registry._pretrained_cfgs.pop("toy_net2")
+        del sys.modules["toy_family2"]
+        from timm.models import _registry as timm_registry
+
+        timm_registry._clear_model_entries("toy_net2")
+        timm_registry._model_entrypoints.pop("toy_net2", None)

@@ -77,6 +77,7 @@ class TokenEncoder(nn.Module):
                 for i in range(depth)
             ]
         )
+        self.feature_info = [dict(module=f"blocks.{i}", num_chs=embed_dim, reduction=patch_size) for i in range(depth)]
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6) if final_norm else nn.Identity()
         self.fc_norm = nn.LayerNorm(embed_dim) if fc_norm else nn.Identity()
         self.head_drop = nn.Dropout(drop_rate)
@@ -180,6 +181,27 @@ class TokenEncoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
+    def _take_indices(self, indices: int | list[int] | None) -> tuple[list[int], int]:
+        n = len(self.blocks)
+        if isinstance(indices, int) and not 0 < indices <= n:
+            raise ValueError(f"indices as an int takes the last n blocks: 1 <= n <= {n}, got {indices}")
+        if isinstance(indices, (list, tuple)) and any(not -n <= i < n for i in indices):
+            raise ValueError(f"block indices must be in [{-n}, {n - 1}], got {list(indices)}")
+        return feature_take_indices(n, indices)
+
+    def prune_intermediate_layers(
+        self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> list[int]:
+        """Drop the blocks after the last of ``indices`` (and the norm / head), as timm's ViT does."""
+        take_indices, max_index = self._take_indices(indices)
+        self.blocks = self.blocks[: max_index + 1]
+        if prune_norm:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.fc_norm = nn.Identity()
+            self.reset_classifier(0, "")
+        return take_indices
+
     def forward_intermediates(
         self,
         x: torch.Tensor,
@@ -202,7 +224,7 @@ class TokenEncoder(nn.Module):
         """
         if output_fmt not in ("NCHW", "NLC"):
             raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
-        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
+        take_indices, max_index = self._take_indices(indices)
         grid = self.patch_embed.dynamic_grid(x)
         x = self.embed(x)
         blocks = self.blocks if not (stop_early and intermediates_only) else self.blocks[: max_index + 1]

@@ -132,6 +132,12 @@ class MaskedAutoencoder(nn.Module):
             raise ValueError(
                 f"noise must have shape (batch, num_patches) = {(batch, length)}, got {tuple(noise.shape)}"
             )
+        elif not noise.is_floating_point():
+            raise TypeError(
+                f"noise must be a floating-point tensor (its argsort orders the patches), got {noise.dtype}"
+            )
+        else:
+            noise = noise.to(device)  # e.g. CPU noise with GPU images
         len_keep = int(length * (1 - mask_ratio))
         ids_shuffle = torch.argsort(noise, dim=1)  # ascending: small is kept
         ids_restore = torch.argsort(ids_shuffle, dim=1)
@@ -216,8 +222,15 @@ class MaskedAutoencoder(nn.Module):
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         return self.encoder.forward_head(x, pre_logits=pre_logits)
 
+    @property
+    def feature_info(self) -> list[dict[str, Any]]:
+        return self.encoder.feature_info
+
     def forward_intermediates(self, x: torch.Tensor, **kwargs: Any) -> Any:
         return self.encoder.forward_intermediates(x, **kwargs)
+
+    def prune_intermediate_layers(self, indices: int | list[int] = 1, **kwargs: Any) -> list[int]:
+        return self.encoder.prune_intermediate_layers(indices, **kwargs)
 
     def get_classifier(self) -> nn.Module:
         return self.encoder.get_classifier()

@@ -27,7 +27,8 @@ class CRATE(TokenEncoder):
     Args:
         img_size, patch_size, in_chans: input geometry.
         num_classes: classifier width; 0 for a backbone that returns pooled features.
-        global_pool: ``'token'`` (class token, official), ``'avg'`` (mean of patch tokens) or ``''``.
+        global_pool: ``'token'`` (class token, official), ``'avg'`` (mean of patch tokens, timm's rule;
+            the official ``pool='mean'`` also averages the class token) or ``''``.
         embed_dim, depth, num_heads: width d, number of layers L, number of subspaces h.
         eta, lambd: ISTA step size and threshold (official: 0.1 and 0.1 supervised, 0.5 for MAE).
         embed_layer: ``'linear'`` (official supervised) or ``'conv'`` (MAE).

@@ -80,8 +80,10 @@ class CrateMAE(MaskedAutoencoder):
         self.decoder_embed = nn.Identity()  # decoder width = encoder width
         self.decoder_blocks = nn.Sequential(
             *[
-                CrateDecoderBlock(embed_dim, decoder_num_heads or num_heads, fused_attn=fused_attn)
-                for _ in range(decoder_depth or depth)
+                CrateDecoderBlock(
+                    embed_dim, num_heads if decoder_num_heads is None else decoder_num_heads, fused_attn=fused_attn
+                )
+                for _ in range(depth if decoder_depth is None else decoder_depth)
             ]
         )
         self.decoder_norm = nn.LayerNorm(embed_dim, eps=1e-6)
