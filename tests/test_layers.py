@@ -135,6 +135,7 @@ def test_sincos_resamples_to_other_grids_exactly():
     assert "table" not in pos.state_dict()  # fixed: never stored in checkpoints
     other = pos((3, 5))
     torch.testing.assert_close(other, sincos_2d(32, (3, 5))[None])
+    assert pos((3, 5)) is other and "table" not in pos.state_dict()  # built once per grid, never saved
     # row-major tokens: token (r, c) encodes column c in the first half, row r in the second
     torch.testing.assert_close(other[0, 1 + 1 * 5 + 2, :16], sincos_2d(32, (1, 3))[1 + 2, :16])
 

@@ -51,8 +51,14 @@ class SinCosPosEmbed(nn.Module):
     def forward(self, grid_size: tuple[int, int] | None = None) -> torch.Tensor:
         if grid_size is None or tuple(grid_size) == self.grid_size:
             return self.table
-        table = sincos_2d(self.dim, tuple(grid_size), self.num_prefix_tokens)
-        return table[None].to(device=self.table.device, dtype=self.table.dtype)
+        # Cached per grid, device and dtype so a GPU run at another size does not rebuild the table on
+        # the host and copy it every step; kept out of the buffers so it never enters a state dict.
+        key = (tuple(grid_size), self.table.device, self.table.dtype)
+        cache = self.__dict__.setdefault("_other_grids", {})
+        if key not in cache:
+            table = sincos_2d(self.dim, key[0], self.num_prefix_tokens)[None]
+            cache[key] = table.to(device=self.table.device, dtype=self.table.dtype)
+        return cache[key]
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, grid_size={self.grid_size}, num_prefix_tokens={self.num_prefix_tokens}"
