@@ -1,0 +1,135 @@
+"""Pieces the recipes share: model building from names/checkpoints, autocast, JSON-safe args."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from registry import create_model, is_model
+
+from .checkpoint import atomic_write_bytes, load_checkpoint_file
+
+MODEL_SHAPE_FLAGS = ("img_size", "patch_size", "embed_dim", "depth", "num_heads", "decoder_depth", "decoder_num_heads")
+
+
+def add_model_shape_args(parser: argparse.ArgumentParser) -> None:
+    """Model-shape flags, passed to the model builder as kwargs when set."""
+    g = parser.add_argument_group("model shape (unset: the registered variant's own)")
+    g.add_argument("--img-size", type=int, default=None, help="input resolution")
+    g.add_argument("--patch-size", type=int, default=None)
+    g.add_argument("--embed-dim", type=int, default=None, help="width d")
+    g.add_argument("--depth", type=int, default=None, help="encoder layers")
+    g.add_argument("--num-heads", type=int, default=None)
+    g.add_argument("--decoder-depth", type=int, default=None, help="MAE decoder layers")
+    g.add_argument("--decoder-num-heads", type=int, default=None)
+    g.add_argument(
+        "--model-kwargs", type=json.loads, default=None, help="extra model kwargs as JSON, e.g. '{\"lambd\": 5.0}'"
+    )
+
+
+def model_kwargs_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    kwargs = {k: getattr(args, k) for k in MODEL_SHAPE_FLAGS if getattr(args, k, None) is not None}
+    extra = getattr(args, "model_kwargs", None) or {}
+    if not isinstance(extra, dict):
+        raise TypeError(f"--model-kwargs must be a JSON object, got {type(extra).__name__}")
+    return {**kwargs, **extra}
+
+
+def check_model_name(name: str) -> None:
+    if not is_model(name):
+        from registry import list_models
+
+        raise ValueError(f"unknown model {name!r}; registered: {', '.join(list_models())}")
+
+
+def amp_context(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """bfloat16 / float16 autocast, or nothing for fp32."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto``: bf16 on CUDA, fp32 on CPU."""
+    if precision not in ("auto", "fp32", "bf16", "fp16"):
+        raise ValueError(f"--precision must be auto, fp32, bf16 or fp16, got {precision!r}")
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError("--precision fp16 needs a CUDA device (use bf16 or fp32 on CPU)")
+    return precision
+
+
+def jsonable(obj: Any) -> Any:
+    """Plain JSON values (paths and other objects as strings)."""
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    return str(obj)
+
+
+def write_json(obj: Any, path: str | os.PathLike[str]) -> None:
+    atomic_write_bytes(path, (json.dumps(jsonable(obj), indent=2) + "\n").encode())
+
+
+def count_params(model: nn.Module, trainable: bool = False) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable)
+
+
+def load_encoder(
+    model: str | None,
+    checkpoint: str | None = None,
+    pretrained: bool = False,
+    num_classes: int = 0,
+    global_pool: str | None = None,
+    **kwargs: Any,
+) -> tuple[nn.Module, str, dict[str, Any]]:
+    """The backbone to probe or fine-tune, the model name, and the kwargs it was built with.
+
+    ``checkpoint`` may be a ``pretrain.py`` / ``finetune.py`` checkpoint (the model name and shape are
+    read from it, and ``model`` may then be ``None``) or any weights file for ``model`` (safetensors
+    or a plain PyTorch file; the whole model or, for a masked autoencoder, its encoder alone). For a
+    masked autoencoder the encoder (``model.encoder``) is returned; other models are returned whole.
+    The classifier is reset to ``num_classes`` outputs (0: none) with ``global_pool`` after loading.
+    """
+    from registry._hub import apply_state_dict
+    from registry._io import load_state_dict_file, unwrap_state_dict
+
+    model_kwargs: dict[str, Any] = {}
+    state = None
+    if checkpoint and Path(checkpoint).suffix == ".safetensors":
+        state = load_state_dict_file(checkpoint)
+    elif checkpoint:
+        ckpt = load_checkpoint_file(checkpoint)
+        if "model_name" in ckpt:  # written by the recipes
+            model = model or ckpt["model_name"]
+            model_kwargs = dict(ckpt.get("model_kwargs", {}))
+        state = unwrap_state_dict(ckpt, str(checkpoint))
+    if not model:
+        raise ValueError("give --model, or a --checkpoint written by pretrain.py (it names its model)")
+    check_model_name(model)
+    model_kwargs.update({k: v for k, v in kwargs.items() if v is not None})
+    net = create_model(model, pretrained=pretrained, **model_kwargs)
+    encoder = getattr(net, "encoder", net)
+    if state is not None:
+        encoder_only = encoder is not net and not any(k.startswith("encoder.") for k in state)
+        apply_state_dict(encoder if encoder_only else net, state, strict=True, source=str(checkpoint))
+    encoder.reset_classifier(num_classes, global_pool)
+    return encoder, model, model_kwargs
+
+
+def output_dir(path: str | os.PathLike[str]) -> Path:
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
