@@ -18,23 +18,11 @@ from torch import nn
 
 from registry._hub import CONFIG_NAME, WEIGHTS_NAME, model_config
 
+from ._atomic import atomic_path, atomic_write_text
+
 __all__ = ["model_card", "push_to_hub", "save_pretrained"]
 
 CARD_NAME = "README.md"
-
-
-def _atomic_write(path: Path, write: Any) -> None:
-    """Write ``path`` through a temporary file in the same folder, flushed to disk, then renamed."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def model_card(model: nn.Module, config: dict[str, Any] | None = None, repo_id: str | None = None) -> str:
@@ -96,11 +84,11 @@ def save_pretrained(
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     _check_no_shared(tensors)
-    _atomic_write(folder / WEIGHTS_NAME, lambda p: save_file(tensors, p, metadata={"format": "pt"}))
-    _atomic_write(folder / CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(config, indent=2) + "\n"))
+    with atomic_path(folder / WEIGHTS_NAME) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "pt"})
+    atomic_write_text(folder / CONFIG_NAME, json.dumps(config, indent=2) + "\n")
     if card:
-        text = model_card(model, config, repo_id)
-        _atomic_write(folder / CARD_NAME, lambda p: Path(p).write_text(text, encoding="utf-8"))
+        atomic_write_text(folder / CARD_NAME, model_card(model, config, repo_id))
     return folder
 
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from .._atomic import atomic_path, atomic_write_text
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -79,13 +80,6 @@ def default_images(size: int, count: int | None = None) -> np.ndarray:
     return sample_batch(size, count)
 
 
-def _default_permissions(path: str) -> None:
-    """Give a temp file the mode a plain ``open`` would (mkstemp makes it owner-only)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
-
-
 def save_png(image: np.ndarray, path: str | os.PathLike[str]) -> Path:
     """Write a uint8 (H, W, 3) or (H, W) array as a PNG, atomically (temp file, fsync, replace)."""
     from PIL import Image
@@ -93,38 +87,14 @@ def save_png(image: np.ndarray, path: str | os.PathLike[str]) -> Path:
     arr = np.asarray(image)
     if arr.dtype != np.uint8 or arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[-1] not in (3, 4)):
         raise ValueError(f"expected a uint8 (H, W), (H, W, 3) or (H, W, 4) image, got {arr.dtype} {arr.shape}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        _default_permissions(tmp)
-        with os.fdopen(fd, "wb") as f:
-            Image.fromarray(arr).save(f, format="PNG")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    with atomic_path(path) as tmp:
+        Image.fromarray(arr).save(tmp, format="PNG")
+    return Path(path)
 
 
 def write_text(text: str, path: str | os.PathLike[str]) -> Path:
     """Write a text file atomically (temp file in the same folder, fsync, replace)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        _default_permissions(tmp)
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write_text(path, text)
 
 
 def tile(rows: Sequence[Sequence[np.ndarray]], pad: int = 2, fill: int = 255, scale: int = 1) -> np.ndarray:
