@@ -140,14 +140,17 @@ def test_sincos_resamples_to_other_grids_exactly():
     torch.testing.assert_close(other[0, 1 + 1 * 5 + 2, :16], sincos_2d(32, (1, 3))[1 + 2, :16])
 
 
-@pytest.mark.parametrize("layer", ["mssa", "ista", "encoder", "decoder"])
+LAYERS = {
+    "mssa": lambda: SubspaceAttention(DIM, HEADS),
+    "ista": lambda: ISTA(DIM),
+    "encoder": lambda: CrateBlock(DIM, HEADS),
+    "decoder": lambda: CrateDecoderBlock(DIM, HEADS),
+}
+
+
+@pytest.mark.parametrize("layer", sorted(LAYERS))
 def test_layers_under_bf16_autocast(layer):
-    module = {
-        "mssa": lambda: SubspaceAttention(DIM, HEADS),
-        "ista": lambda: ISTA(DIM),
-        "encoder": lambda: CrateBlock(DIM, HEADS),
-        "decoder": lambda: CrateDecoderBlock(DIM, HEADS),
-    }[layer]()
+    module = LAYERS[layer]()
     x = torch.randn(2, 16, DIM)
     ref = module(x)
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -158,14 +161,9 @@ def test_layers_under_bf16_autocast(layer):
     assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in module.parameters())
 
 
-@pytest.mark.parametrize("layer", ["mssa", "ista", "encoder", "decoder"])
+@pytest.mark.parametrize("layer", sorted(LAYERS))
 def test_layers_compile_without_graph_breaks(layer):
-    module = {
-        "mssa": lambda: SubspaceAttention(DIM, HEADS),
-        "ista": lambda: ISTA(DIM),
-        "encoder": lambda: CrateBlock(DIM, HEADS),
-        "decoder": lambda: CrateDecoderBlock(DIM, HEADS),
-    }[layer]()
+    module = LAYERS[layer]()
     x = torch.randn(2, 16, DIM)
     compiled = torch.compile(module, backend="aot_eager", fullgraph=True)
     torch.testing.assert_close(compiled(x), module(x), rtol=1e-5, atol=1e-5)
