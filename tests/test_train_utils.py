@@ -246,3 +246,24 @@ def test_reconstruction_grid_layout():
     assert grid.size == (4 * 32 + 5 * 2, 3 * 32 + 4 * 2)
     arr = np.asarray(grid)
     assert not math.isclose(arr[2:34, 2:34].std(), 0.0)  # a real picture, not blank
+
+
+def test_eval_sampler_never_yields_an_empty_batch_and_covers_every_sample():
+    from whitebox.train.data import ResumableBatchSampler
+
+    seen = []
+    for rank in range(2):
+        sampler = ResumableBatchSampler(9, 2, rank=rank, world_size=2, shuffle=False, drop_last=False)
+        batches = list(sampler)
+        assert all(batches), f"rank {rank} got an empty batch: {batches}"
+        seen += [i for batch in batches for i, _ in batch]
+    assert sorted(seen) == list(range(9))
+
+
+def test_demo_defaults_do_not_override_a_named_model():
+    from whitebox.train.pretrain import parse_args
+
+    demo = parse_args([])
+    assert (demo.img_size, demo.patch_size, demo.embed_dim) == (32, 4, 96)
+    named = parse_args(["--model", "crate_mae_base", "--img-size", "224"])
+    assert named.img_size == 224 and named.patch_size is None and named.embed_dim is None

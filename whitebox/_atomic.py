@@ -13,6 +13,15 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
+def _read_umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+_UMASK = _read_umask()  # read once at import: os.umask is process-wide, not safe to toggle per write
+
+
 def _fsync_dir(directory: Path) -> None:
     try:
         fd = os.open(directory, os.O_RDONLY)
@@ -31,9 +40,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # the mode a plain open() would give (mkstemp makes it owner-only)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # the mode a plain open() would give (mkstemp makes it owner-only)
     try:
         yield Path(tmp)
         with open(tmp, "rb+") as f:

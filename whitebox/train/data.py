@@ -359,6 +359,8 @@ class ResumableBatchSampler:
             chunk = range(lo, min(lo + glob, self.num_samples))
             per = math.ceil(len(chunk) / self.world_size)
             mine = chunk[self.rank * per : (self.rank + 1) * per]
+            if not mine:  # a short last batch (drop_last=False) need not reach every rank
+                continue
             yield [(perm[p], mix_seed(self.seed, self.epoch, p)) for p in mine]
 
 

@@ -162,6 +162,7 @@ def _run(args: argparse.Namespace, info: Any) -> dict[str, Any]:
         **kwargs,
     )
     model = encoder.to(device)
+    seed_everything(args.seed + info.rank)  # per-rank augmentation / drop-path randomness; DDP broadcasts weights
     img_size = model.patch_embed.img_size[0]
 
     train_set = SeededDataset(train_base, train_transform(args, img_size))
@@ -176,6 +177,11 @@ def _run(args: argparse.Namespace, info: Any) -> dict[str, Any]:
 
     effective_batch = args.batch_size * args.accum_iter * info.world_size
     steps_per_epoch = len(sampler) // args.accum_iter
+    if steps_per_epoch == 0:
+        effective = args.batch_size * args.accum_iter * info.world_size
+        raise ValueError(
+            f"{len(train_set)} samples make no optimizer step of {effective}; lower --batch-size or --accum-iter"
+        )
     total_steps = steps_per_epoch * args.epochs
     warmup = round(args.warmup_epochs * steps_per_epoch)
     base_lr = args.lr if args.lr is not None else scaled_lr(args.blr, effective_batch)
@@ -209,7 +215,8 @@ def _run(args: argparse.Namespace, info: Any) -> dict[str, Any]:
         optimizer.load_state_dict(ckpt["optimizer"])
         scaler.load_state_dict(ckpt["scaler"])
         step, best = int(ckpt["step"]), float(ckpt["best_top1"])
-        set_rng_state(ckpt["rng"])
+        rng = ckpt["rng"]
+        set_rng_state(rng["per_rank"][info.rank] if "per_rank" in rng else rng)
     logger = evals = None
     if info.is_main:
         logger = MetricsLogger(out, step if resume else None, tensorboard=True)
@@ -279,6 +286,11 @@ def _run(args: argparse.Namespace, info: Any) -> dict[str, Any]:
                 }
                 is_best = metrics["top1"] > best
                 best = max(best, metrics["top1"])
+                rng = get_rng_state()
+                if info.distributed:  # every rank's state, so a resumed run keeps ranks apart
+                    per_rank = [None] * info.world_size
+                    torch.distributed.all_gather_object(per_rank, rng)
+                    rng = {"per_rank": per_rank}
                 if info.is_main:
                     evals.log(metrics)
                     state = {
@@ -287,7 +299,7 @@ def _run(args: argparse.Namespace, info: Any) -> dict[str, Any]:
                         "scaler": scaler.state_dict(),
                         "step": step,
                         "best_top1": best,
-                        "rng": get_rng_state(),
+                        "rng": rng,
                         "model_name": model_name,
                         "model_kwargs": {**model_kwargs, "num_classes": num_classes},
                     }

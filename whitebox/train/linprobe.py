@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-split", default="test")
     p.add_argument("--download", action="store_true")
     p.add_argument("--data-root", default="data")
-    p.add_argument("--max-train", type=int, default=None, help="use the first N training images")
+    p.add_argument("--max-train", type=int, default=None, help="use a seeded random subset of N training images")
     p.add_argument("--pool", default="token", choices=("token", "avg"), help="class token or mean of patch tokens")
     p.add_argument("--layer", type=int, default=None, help="block index for intermediate features (default: last)")
     p.add_argument("--crop-pct", type=float, default=1.0, help="evaluation centre-crop fraction")
@@ -264,7 +264,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     img_size = encoder.patch_embed.img_size[0]
     train_set = build_dataset(args.data, args.train_split, args.download, args.data_root)
     if args.max_train:
-        train_set = torch.utils.data.Subset(train_set, range(min(args.max_train, len(train_set))))
+        # a seeded random subset: folders list their images class by class, so a prefix would drop classes
+        g = torch.Generator().manual_seed(args.seed)
+        keep = torch.randperm(len(train_set), generator=g)[: args.max_train].sort().values.tolist()
+        train_set = torch.utils.data.Subset(train_set, keep)
     if args.test_data:  # a file or folder holding only the test images
         test_set = build_dataset(args.test_data, None, args.download, args.data_root)
     else:

@@ -120,7 +120,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = build_parser().parse_args(argv)
     args.demo = args.data is None
     fallback = dict(epochs=400, batch_size=64, warmup_epochs=40.0, samples_per_epoch=1024, blr=1.5e-4)
-    for key, value in (DEMO_DEFAULTS if args.demo else fallback).items():
+    demo = dict(DEMO_DEFAULTS)
+    if args.model != build_parser().get_default("model"):  # a named variant keeps its own architecture
+        for key in ("img_size", "patch_size", "embed_dim", "depth", "num_heads"):
+            demo.pop(key)
+    for key, value in (demo if args.demo else fallback).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
     for key, value in fallback.items():
@@ -185,6 +189,12 @@ class Trainer:
         self.warmup_steps = (
             args.warmup_steps if args.warmup_steps is not None else round(args.warmup_epochs * self.steps_per_epoch)
         )
+        if self.warmup_steps >= self.total_steps:
+            warnings.warn(
+                f"warmup ({self.warmup_steps} steps) >= the run ({self.total_steps} steps): the lr never reaches "
+                "its peak; set --warmup-steps or --warmup-epochs",
+                stacklevel=2,
+            )
         self.base_lr = args.lr if args.lr is not None else scaled_lr(args.blr, self.effective_batch)
 
         train_model: nn.Module = self.model
