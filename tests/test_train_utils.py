@@ -267,3 +267,22 @@ def test_demo_defaults_do_not_override_a_named_model():
     assert (demo.img_size, demo.patch_size, demo.embed_dim) == (32, 4, 96)
     named = parse_args(["--model", "crate_mae_base", "--img-size", "224"])
     assert named.img_size == 224 and named.patch_size is None and named.embed_dim is None
+
+
+def test_flat_folder_of_unlabelled_images_pretrains(tmp_path):
+    from whitebox.train.data import build_dataset
+
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(tmp_path / f"img{i}.png")
+    (tmp_path / "notes.txt").write_text("not an image")
+    ds = build_dataset(str(tmp_path), "train")
+    assert len(ds) == 3
+    img, label = ds[1]
+    assert img.size == (48, 40) and label == -1
+    with pytest.raises(ValueError, match="no class labels"):
+        dataset_labels(ds)  # a probe or fine-tune refuses unlabelled data
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(FileNotFoundError, match="no class sub-folders and no images"):
+        build_dataset(str(empty), None)

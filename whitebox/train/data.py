@@ -139,6 +139,35 @@ def _open_rgb(path: str) -> Image.Image:
     return Image.open(path).convert("RGB")
 
 
+class FlatImageFolder(Dataset):
+    """Unlabelled images directly inside one folder (label -1), for pretraining on your own photos."""
+
+    def __init__(self, root: str | Path) -> None:
+        from torchvision.datasets.folder import IMG_EXTENSIONS
+
+        self.files = sorted(p for p in Path(root).iterdir() if p.is_file() and p.suffix.lower() in IMG_EXTENSIONS)
+        if not self.files:
+            raise FileNotFoundError(
+                f"{root} holds no class sub-folders and no images with the extensions {', '.join(IMG_EXTENSIONS)}"
+            )
+        self.labels = np.full(len(self.files), -1, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> tuple[Image.Image, int]:
+        return _open_rgb(str(self.files[i])), -1
+
+
+def _image_folder(path: Path) -> Dataset:
+    """``ImageFolder`` when ``path`` has class sub-folders, else the images directly inside it."""
+    from torchvision.datasets import ImageFolder
+
+    if any(p.is_dir() for p in path.iterdir()):
+        return ImageFolder(str(path), loader=_open_rgb)
+    return FlatImageFolder(path)
+
+
 def build_dataset(
     data: str | None,
     split: str | None = "train",
@@ -149,8 +178,9 @@ def build_dataset(
     """The dataset named by ``data``.
 
     ``None`` or ``'samples'``: bundled photos; ``'cifar10'``: torchvision CIFAR-10 under ``data_root``
-    (``download=True`` fetches it); a ``.npz`` file; or a folder (``ImageFolder``; a ``train``/``val``
-    or ``test`` sub-folder is used for the split when present). ``split=None`` takes the whole file or
+    (``download=True`` fetches it); a ``.npz`` file; or a folder (``ImageFolder`` with class
+    sub-folders, or unlabelled images directly inside it; a ``train``/``val`` or ``test`` sub-folder is
+    used for the split when present). ``split=None`` takes the whole file or
     folder (a separate test set).
     """
     if data in (None, "", "samples"):
@@ -167,15 +197,13 @@ def build_dataset(
             raise FileNotFoundError(f"--data {data}: no such file")
         return load_npz(path, split)
     if path.is_dir():
-        from torchvision.datasets import ImageFolder
-
         if split is None:
-            return ImageFolder(str(path), loader=_open_rgb)
+            return _image_folder(path)
         names = ("train",) if split == "train" else (split, "val", "test")
         sub = next((path / n for n in names if (path / n).is_dir()), None)
         if sub is None and split != "train":
             raise ValueError(f"{path} has no sub-folder for split {split!r} (looked for {names}); use --test-data")
-        return ImageFolder(str(sub or path), loader=_open_rgb)
+        return _image_folder(sub or path)
     raise ValueError(
         f"--data {data!r}: expected nothing (bundled sample photos), 'samples', 'cifar10', an .npz file or an "
         "image folder"
