@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import types
@@ -86,26 +87,43 @@ def test_import_whitebox_is_enough_in_a_fresh_interpreter():
     assert out.stdout.split() == ["CrateMAE", "2"]
 
 
+class Toy(nn.Module):
+    def __init__(self, width: int = 4, num_classes: int = 2) -> None:
+        super().__init__()
+        self.fc = nn.Linear(width, num_classes)
+
+
+@contextlib.contextmanager
+def toy_family(name: str, pretrained_cfgs: dict | None = None):
+    """Register a model family that knows nothing of CRATE; remove it from both registries afterwards."""
+    module_name = f"{name}_family"
+    mod = types.ModuleType(module_name)
+    if pretrained_cfgs is not None:
+        mod.pretrained_cfgs = generate_default_cfgs(pretrained_cfgs)
+    sys.modules[module_name] = mod
+
+    def entrypoint(pretrained: bool = False, **kwargs):
+        return registry.build_model_with_cfg(Toy, name, pretrained, **kwargs)
+
+    entrypoint.__name__ = entrypoint.__qualname__ = name
+    entrypoint.__module__ = module_name
+    registry.register_model(entrypoint)
+    try:
+        yield
+    finally:
+        from timm.models import _registry as timm_registry
+
+        registry._registry._entrypoints.pop(name)
+        registry._registry._pretrained_cfgs.pop(name)
+        del sys.modules[module_name]
+        timm_registry._clear_model_entries(name)
+        timm_registry._model_entrypoints.pop(name, None)
+
+
 def test_registry_is_generic():
     """A family that knows nothing of CRATE registers and builds through the same machinery."""
-    mod = types.ModuleType("toy_family")
-    sys.modules["toy_family"] = mod
-
-    class Toy(nn.Module):
-        def __init__(self, width: int = 4, num_classes: int = 2) -> None:
-            super().__init__()
-            self.fc = nn.Linear(width, num_classes)
-
-    mod.pretrained_cfgs = generate_default_cfgs(
-        {"toy_net.v1": PretrainedCfg(file="/nonexistent.safetensors", model_args=dict(width=8), license="mit")}
-    )
-
-    def toy_net(pretrained: bool = False, **kwargs):
-        return registry.build_model_with_cfg(Toy, "toy_net", pretrained, **kwargs)
-
-    toy_net.__module__ = "toy_family"
-    registry.register_model(toy_net)
-    try:
+    cfgs = {"toy_net.v1": PretrainedCfg(file="/nonexistent.safetensors", model_args=dict(width=8), license="mit")}
+    with toy_family("toy_net", cfgs):
         assert registry.is_model("toy_net")
         assert "toy_net.v1" in registry.list_pretrained()
         cfg = registry.get_pretrained_cfg("toy_net.v1")
@@ -121,14 +139,6 @@ def test_registry_is_generic():
         registry.register_pretrained_cfg("toy_net.v2", PretrainedCfg(file="/other.safetensors"), default=True)
         assert registry.get_pretrained_cfg("toy_net").tag == "v2"
         assert registry.list_pretrained("toy_net*") == ["toy_net.v1", "toy_net.v2"]
-    finally:
-        registry._registry._entrypoints.pop("toy_net")
-        registry._registry._pretrained_cfgs.pop("toy_net")
-        del sys.modules["toy_family"]
-        from timm.models import _registry as timm_registry
-
-        timm_registry._clear_model_entries("toy_net")
-        timm_registry._model_entrypoints.pop("toy_net", None)
 
 
 def test_checkpoint_path_loads_native_weights(tmp_path):
@@ -143,15 +153,7 @@ def test_checkpoint_path_loads_native_weights(tmp_path):
 
 
 def test_register_pretrained_cfg_replaces_a_weightless_placeholder():
-    mod = types.ModuleType("toy_family2")
-    sys.modules["toy_family2"] = mod
-
-    def toy_net2(pretrained: bool = False, **kwargs):
-        return registry.build_model_with_cfg(nn.Linear, "toy_net2", pretrained, **kwargs)
-
-    toy_net2.__module__ = "toy_family2"
-    registry.register_model(toy_net2)
-    try:
+    with toy_family("toy_net2"):
         assert registry.list_pretrained("toy_net2*") == []
         assert registry.list_models("toy_net2*") == ["toy_net2"]
         registry.register_pretrained_cfg("toy_net2.a", PretrainedCfg(url="http://127.0.0.1:9/w.safetensors"))
@@ -159,11 +161,3 @@ def test_register_pretrained_cfg_replaces_a_weightless_placeholder():
         assert registry.get_pretrained_cfg("toy_net2").tag == "a"  # the placeholder record is gone
         with pytest.raises(registry.UnknownModelError):
             registry.register_pretrained_cfg("toy_nett.a", PretrainedCfg())
-    finally:
-        registry._registry._entrypoints.pop("toy_net2")
-        registry._registry._pretrained_cfgs.pop("toy_net2")
-        del sys.modules["toy_family2"]
-        from timm.models import _registry as timm_registry
-
-        timm_registry._clear_model_entries("toy_net2")
-        timm_registry._model_entrypoints.pop("toy_net2", None)
