@@ -181,13 +181,18 @@ def test_inductor_train_step_matches_eager():
     opts = [torch.optim.AdamW(m.parameters(), lr=1e-3) for m in (eager, compiled_model)]
     for _ in range(2):
         losses = (eager(x, noise=noise).loss, fn(x, noise))
-        for loss, opt in zip(losses, opts, strict=True):
+        for loss in losses:
             loss.backward()
+        torch.testing.assert_close(losses[1], losses[0], rtol=1e-4, atol=1e-5)
+        for (n, a), b in zip(eager.named_parameters(), compiled_model.parameters(), strict=True):
+            torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-6, msg=n)
+        for opt in opts:
             opt.step()
             opt.zero_grad()
-        torch.testing.assert_close(losses[1], losses[0], rtol=1e-4, atol=1e-5)
+    # Adam divides by the root of the squared gradient: where a gradient is ~1e-8, float noise of that
+    # size changes the step by up to lr, so parameters agree to a fraction of one step, not to 1e-5
     for (n, a), b in zip(eager.named_parameters(), compiled_model.parameters(), strict=True):
-        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5, msg=n)
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4, msg=n)
 
 
 @pytest.mark.slow
