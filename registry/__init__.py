@@ -1,61 +1,45 @@
-"""A generic model registry: names -> builders, pretrained records, ``create_model``.
+"""A generic model registry on timm's: records, sources, safe loading, ``create_model``.
 
-It knows nothing about any model family; families register their entrypoints with
-``@register_model`` and describe their weights with ``PretrainedCfg`` records.
+It knows nothing about any model family. Families describe their weights in a module-level
+``default_cfgs`` (``generate_default_cfgs``), register entrypoints with ``register_model`` and
+build with ``build_model_with_cfg``; timm lists, resolves and builds them like its own. What
+this package adds to timm: Google Drive sources, sha256 pinning with a verified atomic cache,
+offline errors that say how to supply a file, reading weights without running code, per-tag
+architecture arguments and self-describing training checkpoints.
 """
 
-from ._builder import build_model_with_cfg, resolve_pretrained_cfg
-from ._download import (
+from ._factory import build_model_with_cfg, checkpoint_model, create_model, read_model_config
+from ._fetch import (
     ChecksumError,
+    DriveFileUnavailableError,
     IncompleteDownloadError,
     WeightsUnavailableError,
+    cache_root,
     download_gdrive,
     download_hf_hub,
     download_url,
     resolve_pretrained_file,
+    sha256_file,
 )
-from ._factory import create_model
-from ._hub import apply_state_dict, load_checkpoint, load_pretrained, model_config, read_model_config
-from ._io import UnsafeCheckpointError, load_state_dict_file
-from ._pretrained import PretrainedCfg, generate_default_cfgs, split_model_name_tag
-from ._registry import (
+from ._load import (
+    CheckpointFormatError,
+    UnsafeCheckpointError,
+    apply_state_dict,
+    load_checkpoint,
+    load_state_dict,
+    read_checkpoint,
+    read_state_dict,
+    unwrap_state_dict,
+)
+from ._records import (
+    PretrainedCfg,
     UnknownModelError,
+    generate_default_cfgs,
     get_pretrained_cfg,
     is_model,
     list_models,
     list_pretrained,
     model_entrypoint,
     register_model,
-    register_pretrained_cfg,
+    resolve_pretrained_cfg,
 )
-
-__all__ = [
-    "ChecksumError",
-    "IncompleteDownloadError",
-    "PretrainedCfg",
-    "UnknownModelError",
-    "UnsafeCheckpointError",
-    "WeightsUnavailableError",
-    "apply_state_dict",
-    "build_model_with_cfg",
-    "create_model",
-    "download_gdrive",
-    "download_hf_hub",
-    "download_url",
-    "generate_default_cfgs",
-    "get_pretrained_cfg",
-    "is_model",
-    "list_models",
-    "list_pretrained",
-    "load_checkpoint",
-    "load_pretrained",
-    "load_state_dict_file",
-    "model_config",
-    "model_entrypoint",
-    "read_model_config",
-    "register_model",
-    "register_pretrained_cfg",
-    "resolve_pretrained_cfg",
-    "resolve_pretrained_file",
-    "split_model_name_tag",
-]

@@ -1,63 +1,190 @@
-"""``create_model``: the one way in."""
+"""Building models with timm's ``build_model_with_cfg``, and ``create_model``: the one way in.
+
+Weights take one path, whatever the route (``pretrained=True`` through timm or whitebox, an
+``hf-hub:`` / ``local-dir:`` name, ``checkpoint_path=``): the file is fetched by ``_fetch``, read
+without running code by ``_load``, converted by the family's ``checkpoint_filter_fn`` and loaded
+with errors that name every missing, unexpected or mis-shaped key.
+"""
 
 from __future__ import annotations
 
+import inspect
+import json
 import os
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import timm.models
 from torch import nn
 
-from ._pretrained import PretrainedCfg, split_model_name_tag
-from ._registry import model_entrypoint
+from ._fetch import download_hf_hub, resolve_pretrained_file
+from ._load import FilterFn, load_state_dict, read_checkpoint, unwrap_state_dict
+from ._records import PretrainedCfg, _unknown, is_model, list_pretrained, resolve_pretrained_cfg
+
+# arguments a checkpoint's own may differ from: they adapt the weights or only change training behaviour
+ADAPTABLE_ARGS = frozenset(
+    {"num_classes", "global_pool", "img_size", "in_chans", "dynamic_img_size", "fused_attn", "mask_ratio"}
+    | {"norm_pix_loss", "drop_rate", "pos_drop_rate", "attn_drop_rate", "proj_drop_rate", "drop_path_rate"}
+)
+
+
+def _check_kwargs(model_cls: Callable[..., nn.Module], kwargs: dict[str, Any], variant: str) -> None:
+    params = inspect.signature(model_cls).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return
+    if unknown := sorted(set(kwargs) - set(params)):
+        raise TypeError(f"{variant} got unknown keyword argument(s) {unknown}; allowed: {', '.join(sorted(params))}")
+
+
+def build_model_with_cfg(
+    model_cls: Callable[..., nn.Module],
+    variant: str,
+    pretrained: bool = False,
+    pretrained_cfg: str | dict[str, Any] | timm.models.PretrainedCfg | None = None,
+    pretrained_cfg_overlay: dict[str, Any] | None = None,
+    pretrained_filter_fn: FilterFn | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    feature_cfg: dict[str, Any] | None = None,
+    **kwargs: Any,
+) -> nn.Module:
+    """timm's ``build_model_with_cfg`` with our records, sources and loading.
+
+    A named tag (``'crate_mae_base.in1k'``) or ``pretrained=True`` applies the record's
+    ``model_args`` under the caller's. The weights are loaded while the model is constructed, before
+    timm wraps it (``features_only=True`` gives timm's ``FeatureGetterNet`` over ``forward_intermediates``).
+    """
+    cfg = resolve_pretrained_cfg(variant, pretrained_cfg, pretrained_cfg_overlay)
+    if pretrained and not cfg.has_weights:
+        raise ValueError(
+            f"no pretrained weights are registered for {cfg.name!r}; variants with weights: "
+            f"{', '.join(list_pretrained()) or 'none yet'}. Pass checkpoint_path=... to load your own file."
+        )
+    if pretrained or (isinstance(pretrained_cfg, str) and pretrained_cfg):
+        kwargs = {**cfg.model_args, **kwargs}
+    state_dict = (
+        unwrap_state_dict(read_checkpoint(path := resolve_pretrained_file(cfg, cache_dir)), str(path))
+        if pretrained
+        else None
+    )
+
+    def construct(**model_kwargs: Any) -> nn.Module:
+        _check_kwargs(model_cls, model_kwargs, variant)
+        model = model_cls(**model_kwargs)
+        model._model_args = dict(model_kwargs)  # what rebuilds it (timm adds the caller's on top)
+        if state_dict is not None:
+            load_state_dict(model, state_dict, f"{cfg.name} ({path})", pretrained_filter_fn)
+        return model
+
+    return timm.models.build_model_with_cfg(
+        construct,
+        variant,
+        pretrained=False,  # loaded above, by construct
+        pretrained_cfg=cfg,
+        feature_cfg=feature_cfg or dict(feature_cls="getter", out_indices=kwargs.pop("out_indices", 3)),
+        **kwargs,
+    )
+
+
+# ----------------------------------------------------------------------------- saved models and checkpoints
+def read_model_config(location: str, source: str, cache_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """``config.json`` of a ``local-dir:`` folder or ``hf-hub:`` repository (timm's layout) as create_model kwargs."""
+    if source == "local-dir":
+        path, weights = Path(location).expanduser() / "config.json", dict(file=str(Path(location).expanduser()))
+        if not path.is_file():
+            raise FileNotFoundError(f"local-dir:{location} has no config.json (looked for {path})")
+    else:
+        path, weights = download_hf_hub(location, "config.json", cache_dir=cache_dir), dict(hf_hub_id=location)
+    try:
+        config = json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON: {err}") from err
+    if not isinstance(config, dict) or not isinstance(config.get("architecture"), str):
+        raise ValueError(f"{path} names no 'architecture'; it was not written by save_pretrained or timm's save_for_hf")
+    known = {f for f in PretrainedCfg.__dataclass_fields__ if f not in ("gdrive_id", "sha256", "model_args")}
+    record = {k: v for k, v in (config.get("pretrained_cfg") or {}).items() if k in known}  # forward-compatible
+    record.update(weights, source=source, architecture=config["architecture"])
+    args = dict(config.get("model_args") or {})
+    return dict(model_name=config["architecture"], pretrained_cfg=record, pretrained_model_args=args, **args)
+
+
+def checkpoint_model(obj: Any, path: str, model_name: str | None, kwargs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The model a recipe checkpoint records (name and arguments) under the caller's, refusing conflicts."""
+    recorded = obj.get("model_name") if isinstance(obj, dict) else None
+    if not isinstance(recorded, str):
+        if model_name is None:
+            raise ValueError(f"{path} does not record its model (it was not written by the recipes); name the model")
+        return model_name, kwargs
+    if model_name is not None and timm.models.get_arch_name(model_name) != timm.models.get_arch_name(recorded):
+        return model_name, kwargs  # another architecture takes what it can (a CRATE from a CRATE-MAE encoder)
+    saved = dict(obj.get("model_kwargs") or {})
+    clash = {k: (v, saved[k]) for k, v in kwargs.items() if k in saved and k not in ADAPTABLE_ARGS and v != saved[k]}
+    if clash:
+        named = "; ".join(f"{k}={mine!r} here, {k}={theirs!r} in the checkpoint" for k, (mine, theirs) in clash.items())
+        raise ValueError(f"{path} was trained as {recorded!r} with other arguments: {named}")
+    return model_name or recorded, {**saved, **kwargs}
 
 
 def create_model(
-    model_name: str,
+    model_name: str | None = None,
     pretrained: bool | None = None,
     pretrained_cfg: str | dict[str, Any] | PretrainedCfg | None = None,
     pretrained_cfg_overlay: dict[str, Any] | None = None,
     checkpoint_path: str | os.PathLike[str] | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
     **kwargs: Any,
 ) -> nn.Module:
-    """Create a registered model, optionally with weights.
+    """Create a registered model, optionally with weights (``timm.create_model`` builds the same).
 
     Args:
-        model_name: ``arch``, ``arch.tag`` (``'crate_mae_base.in1k'``), or a saved model:
-            ``'hf-hub:org/name'`` (a Hub repository) or ``'local-dir:/path'`` (a folder), each holding
-            ``config.json`` + ``model.safetensors`` as ``whitebox.save_pretrained`` writes them.
-        pretrained: load the weights the tag (or the architecture's default tag) points to. Default:
-            ``False`` for registered names, ``True`` for ``hf-hub:`` / ``local-dir:`` names.
-        pretrained_cfg: a tag, a dict or a ``PretrainedCfg`` that replaces the registered record.
-        pretrained_cfg_overlay: fields to change in the record (``dict(file='/path/weights.pth')``).
-        checkpoint_path: a local checkpoint to load after the model is built.
+        model_name: ``arch`` or ``arch.tag`` (``'crate_mae_base.in1k'``), or a saved model:
+            ``'hf-hub:org/name'`` or ``'local-dir:/path'`` (``config.json`` + weights, as
+            ``whitebox.save_pretrained`` or timm's ``save_for_hf`` write them). May be omitted when
+            ``checkpoint_path`` is a recipe checkpoint, which records its model.
+        pretrained: load the weights of the tag (or of the saved model). Default: ``False`` for
+            registered names, ``True`` for ``hf-hub:`` / ``local-dir:`` names.
+        pretrained_cfg: a tag, a dict or a record that replaces the registered one.
+        pretrained_cfg_overlay: record fields to change (``dict(file='/path/weights.pth')``); a weight
+            source here needs ``pretrained=True``.
+        checkpoint_path: a local file loaded after the model is built, through the family's filter. A
+            recipe checkpoint's recorded model arguments are used; a conflicting argument is an error.
+        cache_dir: download cache (Hub, URL and Drive files).
         **kwargs: model arguments (``num_classes``, ``in_chans``, ``img_size``, ...).
     """
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
-    scheme, sep, location = model_name.partition(":")
-    if sep and scheme in ("hf-hub", "local-dir"):
-        from ._hub import read_model_config
-
-        arch, model_args, saved_cfg = read_model_config(location, scheme, cache_dir=kwargs.get("cache_dir"))
-        # the saved arguments override the variant's defaults; the caller's override both
-        kwargs = {**model_args, **kwargs}
+    checkpoint = read_checkpoint(checkpoint_path) if checkpoint_path else None
+    if checkpoint is not None:
+        model_name, kwargs = checkpoint_model(checkpoint, str(checkpoint_path), model_name, kwargs)
+    if model_name is None:
+        raise TypeError("create_model() needs a model name (or a checkpoint_path that records one)")
+    source, sep, location = model_name.partition(":")
+    if sep:
+        if source not in ("hf-hub", "local-dir"):
+            raise ValueError(
+                f"unknown model source {source + ':'!r} in {model_name!r}; allowed: 'hf-hub:', 'local-dir:'"
+            )
+        if pretrained_cfg is not None:
+            raise ValueError(f"{model_name!r} brings its own record; pass pretrained_cfg_overlay to change it")
+        saved = read_model_config(location, source, cache_dir)
+        model_name, pretrained_cfg = saved.pop("model_name"), saved.pop("pretrained_cfg")
+        kwargs = {**saved, **kwargs}  # the saved arguments under the caller's
         pretrained = True if pretrained is None else pretrained
-        pretrained_cfg = saved_cfg if pretrained_cfg is None else pretrained_cfg
-        tag = ""
-    elif sep:
+    if not is_model(model_name):
+        raise _unknown(model_name)
+    sources = {k for k in ("file", "url", "hf_hub_id", "gdrive_id") if (pretrained_cfg_overlay or {}).get(k)}
+    if sources and not pretrained:
         raise ValueError(
-            f"unknown model name prefix {scheme + ':'!r} in {model_name!r}; allowed: 'hf-hub:', 'local-dir:'"
+            f"pretrained_cfg_overlay names weights ({', '.join(sorted(sources))}) but pretrained is False, so they "
+            "would not load; pass pretrained=True (or checkpoint_path=PATH to load a file into the built model)"
         )
-    else:
-        arch, tag = split_model_name_tag(model_name)
-    pretrained = bool(pretrained)
-    if tag and pretrained_cfg is None:
-        pretrained_cfg = tag
-    entrypoint = model_entrypoint(arch)
-    model = entrypoint(
-        pretrained=pretrained, pretrained_cfg=pretrained_cfg, pretrained_cfg_overlay=pretrained_cfg_overlay, **kwargs
+    model = timm.models.create_model(
+        model_name,
+        pretrained=bool(pretrained),
+        pretrained_cfg=pretrained_cfg,
+        pretrained_cfg_overlay=pretrained_cfg_overlay,
+        cache_dir=cache_dir,
+        **kwargs,
     )
-    if checkpoint_path:
-        from ._hub import load_checkpoint
-
-        load_checkpoint(model, checkpoint_path)
+    if checkpoint is not None:
+        load_state_dict(model, unwrap_state_dict(checkpoint, str(checkpoint_path)), str(checkpoint_path))
     return model

@@ -4,10 +4,12 @@ It answers as the real services do for what whitebox uses, so the real download 
 
 - ``/files/NAME``: the bytes of ``files[NAME]``; ``truncate[NAME] = n`` announces the full length
   but sends only ``n`` bytes and closes the connection.
-- ``/uc?export=download&id=ID``: Google Drive. ``drive[ID] = (bytes, mode)`` with mode ``'direct'``
-  (small file), ``'form'`` (the "can't scan for viruses" page with a download form, as Drive serves
-  it since 2024), ``'cookie'`` (the older ``download_warning`` cookie + ``confirm=`` token) or
-  ``'quota'`` (an error page).
+- Google Drive, over HTTPS through this server as a proxy (``HTTPS_PROXY``): ``CONNECT`` tunnels to
+  ``drive.google.com`` and ``drive.usercontent.google.com`` are answered with a certificate from a test
+  CA whose file is ``ca_path`` (for ``REQUESTS_CA_BUNDLE``), so that ``gdown`` runs unchanged.
+  ``drive[ID] = (bytes, mode)`` with mode ``'direct'`` (a small file), ``'form'`` (the "can't scan
+  this file for viruses" page with a download form, as Drive serves it since 2024), ``'quota'`` (the
+  "too many users" error page) or ``'missing'`` (a 404 page, as for a deleted file).
 - ``/{org}/{name}/resolve/{rev}/{file}`` (HEAD and GET): the Hub's file route, with the
   ``X-Repo-Commit`` and ``ETag`` headers ``huggingface_hub`` needs; ``/api/repos/create``,
   ``/api/validate-yaml``, ``/api/models/{repo}/preupload/{rev}`` and ``/api/models/{repo}/commit/{rev}`` take uploads
@@ -21,11 +23,15 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import ssl
+import tempfile
 import threading
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
+DRIVE_HOSTS = ("drive.google.com", "drive.usercontent.google.com")
 CONFIRM = "t0k3n"
 
 
@@ -38,6 +44,14 @@ class LocalServer:
         self.requests: list[tuple[str, str]] = []
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(self))
         self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True)
+        import trustme
+
+        ca = trustme.CA()
+        self.tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ca.issue_cert(*DRIVE_HOSTS).configure_cert(self.tls)
+        self._ca_dir = tempfile.TemporaryDirectory()
+        self.ca_path = str(Path(self._ca_dir.name) / "ca.pem")
+        ca.cert_pem.write_to_path(self.ca_path)
 
     @property
     def url(self) -> str:
@@ -51,6 +65,7 @@ class LocalServer:
     def stop(self) -> None:
         self._server.shutdown()
         self._server.server_close()
+        self._ca_dir.cleanup()
 
     def __exit__(self, *exc: object) -> None:
         if self._thread.is_alive():
@@ -100,6 +115,15 @@ def _make_handler(state: LocalServer) -> type[BaseHTTPRequestHandler]:
         def do_HEAD(self) -> None:
             self.do_GET()
 
+        def do_CONNECT(self) -> None:  # an HTTPS tunnel to Google Drive: answered here, over TLS
+            if self.path.partition(":")[0] not in DRIVE_HOSTS:
+                return self._send(403, b"only Google Drive is proxied", "text/plain")
+            self.send_response(200, "Connection established")
+            self.end_headers()
+            tunnel = state.tls.wrap_socket(self.connection, server_side=True)
+            Handler(tunnel, self.client_address, self.server)  # serves the tunnelled requests
+            self.close_connection = True
+
         def do_GET(self) -> None:
             url = urllib.parse.urlparse(self.path)
             query = dict(urllib.parse.parse_qsl(url.query))
@@ -107,8 +131,8 @@ def _make_handler(state: LocalServer) -> type[BaseHTTPRequestHandler]:
             parts = url.path.strip("/").split("/")
             if parts[0] == "files" and len(parts) == 2 and parts[1] in state.files:
                 return self._file(state.files[parts[1]], parts[1], state.truncate.get(parts[1]))
-            if url.path in ("/uc", "/download") and query.get("id") in state.drive:
-                return self._drive(url.path, query)
+            if self.headers.get("Host", "").partition(":")[0] in DRIVE_HOSTS and query.get("id") in state.drive:
+                return self._drive(query)
             if len(parts) >= 5 and parts[2] == "resolve":
                 return self._hub_file("/".join(parts[:2]), "/".join(parts[4:]))
             self._send(404, b"not found", "text/plain")
@@ -150,19 +174,15 @@ def _make_handler(state: LocalServer) -> type[BaseHTTPRequestHandler]:
             etag = hashlib.sha256(data).hexdigest()
             self._send(200, data, "application/octet-stream", {"X-Repo-Commit": COMMIT, "ETag": f'"{etag}"'})
 
-        def _drive(self, route: str, query: dict[str, str]) -> None:
+        def _drive(self, query: dict[str, str]) -> None:
             data, mode = state.drive[query["id"]]
-            name = f"{query['id']}.pth"
-            confirmed = query.get("confirm") == CONFIRM
-            if mode == "direct" or confirmed:
-                if mode == "cookie" and CONFIRM not in (self.headers.get("Cookie") or ""):
-                    return self._send(403, b"cookie missing", "text/plain")
-                return self._file(data, name)
+            if mode == "direct" or query.get("confirm") == CONFIRM:
+                return self._file(data, f"{query['id']}.pth")
             if mode == "form":
                 page = (
                     "<html><head><title>Google Drive - Virus scan warning</title></head><body>"
                     "<p>Google Drive can't scan this file for viruses.</p>"
-                    f'<form id="download-form" action="{state.url}/download" method="get">'
+                    '<form id="download-form" action="https://drive.usercontent.google.com/download" method="get">'
                     '<input type="submit" value="Download anyway"/>'
                     f'<input type="hidden" name="id" value="{query["id"]}">'
                     '<input type="hidden" name="export" value="download">'
@@ -170,11 +190,15 @@ def _make_handler(state: LocalServer) -> type[BaseHTTPRequestHandler]:
                     '<input type="hidden" name="uuid" value="1234-abcd"></form></body></html>'
                 )
                 return self._send(200, page.encode(), "text/html; charset=utf-8")
-            if mode == "cookie":
-                page = "<html><head><title>Google Drive - Virus scan warning</title></head><body>large</body></html>"
-                cookie = f"download_warning_13058876669334088843_{query['id']}={CONFIRM}; Path=/"
-                return self._send(200, page.encode(), "text/html; charset=utf-8", {"Set-Cookie": cookie})
-            page = "<html><head><title>Google Drive - Quota exceeded</title></head><body>Too many users</body></html>"
-            return self._send(200, page.encode(), "text/html; charset=utf-8")
+            if mode == "quota":
+                page = (
+                    "<html><head><title>Google Drive - Quota exceeded</title></head><body>"
+                    '<p class="uc-error-caption">Sorry, you can&#39;t view or download this file at this time.</p>'
+                    '<p class="uc-error-subcaption">Too many users have viewed or downloaded this file recently.</p>'
+                    "</body></html>"
+                )
+                return self._send(200, page.encode(), "text/html; charset=utf-8")
+            page = "<html><head><title>Google Drive - Page Not Found</title></head><body>not found</body></html>"
+            return self._send(404, page.encode(), "text/html; charset=utf-8")
 
     return Handler

@@ -14,7 +14,10 @@ from reference import RefCRATE, RefCrateMAE, crate_mae_to_official, crate_to_off
 
 import whitebox
 from registry import UnsafeCheckpointError
-from whitebox.convert import crate_filter, crate_mae_filter, main, vit_mae_filter
+from whitebox.convert import main
+from whitebox.models.crate import checkpoint_filter_fn as crate_filter
+from whitebox.models.crate_mae import checkpoint_filter_fn as crate_mae_filter
+from whitebox.models.vit_mae import checkpoint_filter_fn as vit_mae_filter
 
 LAMBD = 5.0  # the released CRATE-MAE-Base threshold; differs from the 0.5 default, so a lost value shows
 

@@ -49,11 +49,25 @@ def test_default_run_few_steps(tmp_path):
     assert ckpt["step"] == 4 and ckpt["model_name"] == "crate_mae_tiny"
     assert (out / "checkpoint-best.pth").is_file()
     assert result["step"] == 4 and result["params"] > 0
-    # the saved model loads through the registry like any checkpoint
+    # the checkpoint describes its model: no shape flags needed to rebuild it, a conflicting one is named
     import whitebox
+    from whitebox.analysis.__main__ import main as analysis
 
-    model = whitebox.create_model("crate_mae_tiny", checkpoint_path=out / "checkpoint-last.pth", **ckpt["model_kwargs"])
-    assert torch.equal(model.decoder_pred.weight, ckpt["model"]["decoder_pred.weight"])
+    last = out / "checkpoint-last.pth"
+    for model in (
+        whitebox.create_model(checkpoint_path=last),
+        whitebox.create_model("crate_mae_tiny", checkpoint_path=last),
+    ):
+        assert torch.equal(model.decoder_pred.weight, ckpt["model"]["decoder_pred.weight"])
+        assert model.encoder.patch_embed.patch_size == DEMO_DEFAULTS["patch_size"]
+    probe = whitebox.create_model("crate_mae_tiny", checkpoint_path=last, num_classes=3)  # a head is adaptable
+    assert probe.encoder.head.out_features == 3
+    with pytest.raises(ValueError, match=r"embed_dim=128 here, embed_dim=96 in the checkpoint"):
+        whitebox.create_model("crate_mae_tiny", checkpoint_path=last, embed_dim=128)
+    assert (
+        analysis(["crate_mae_tiny", "--checkpoint", str(last), "--out", str(tmp_path / "r"), "--num-images", "2"]) == 0
+    )
+    assert analysis(["--checkpoint", str(last), "--out", str(tmp_path / "r2"), "--num-images", "2"]) == 0
 
 
 def test_epoch_end_writes_reconstruction_grid_and_eval(tmp_path):

@@ -60,7 +60,7 @@ def test_pretrained_without_weights_lists_the_variants_that_have_them():
 
 def test_model_records_its_pretrained_cfg_and_arguments():
     model = whitebox.create_model("crate_tiny", num_classes=3)
-    assert model.pretrained_cfg.architecture == "crate_tiny"
+    assert model.pretrained_cfg["architecture"] == "crate_tiny" and model.default_cfg is model.pretrained_cfg
     assert model._model_args["num_classes"] == 3 and model._model_args["embed_dim"] == 384
 
 
@@ -88,18 +88,18 @@ def test_import_whitebox_is_enough_in_a_fresh_interpreter():
 
 
 class Toy(nn.Module):
-    def __init__(self, width: int = 4, num_classes: int = 2) -> None:
+    def __init__(self, width: int = 4, num_classes: int = 2, in_chans: int = 3) -> None:
         super().__init__()
         self.fc = nn.Linear(width, num_classes)
 
 
 @contextlib.contextmanager
-def toy_family(name: str, pretrained_cfgs: dict | None = None):
-    """Register a model family that knows nothing of CRATE; remove it from both registries afterwards."""
+def toy_family(name: str, default_cfgs: dict | None = None):
+    """Register a model family that knows nothing of CRATE; remove it from timm's registry afterwards."""
     module_name = f"{name}_family"
     mod = types.ModuleType(module_name)
-    if pretrained_cfgs is not None:
-        mod.pretrained_cfgs = generate_default_cfgs(pretrained_cfgs)
+    if default_cfgs is not None:
+        mod.default_cfgs = generate_default_cfgs(default_cfgs)
     sys.modules[module_name] = mod
 
     def entrypoint(pretrained: bool = False, **kwargs):
@@ -113,32 +113,55 @@ def toy_family(name: str, pretrained_cfgs: dict | None = None):
     finally:
         from timm.models import _registry as timm_registry
 
-        registry._registry._entrypoints.pop(name)
-        registry._registry._pretrained_cfgs.pop(name)
+        registry._records._OURS.discard(name)
         del sys.modules[module_name]
         timm_registry._clear_model_entries(name)
         timm_registry._model_entrypoints.pop(name, None)
 
 
-def test_registry_is_generic():
-    """A family that knows nothing of CRATE registers and builds through the same machinery."""
+def test_registry_is_generic_and_lives_in_timm():
+    """A family that knows nothing of CRATE registers and builds through the same machinery, seen by timm."""
+    import timm
+
     cfgs = {"toy_net.v1": PretrainedCfg(file="/nonexistent.safetensors", model_args=dict(width=8), license="mit")}
     with toy_family("toy_net", cfgs):
-        assert registry.is_model("toy_net")
-        assert "toy_net.v1" in registry.list_pretrained()
+        assert registry.is_model("toy_net") and "toy_net.v1" in registry.list_pretrained()
+        assert timm.list_pretrained("toy_net*") == ["toy_net.v1"]
         cfg = registry.get_pretrained_cfg("toy_net.v1")
         assert cfg.architecture == "toy_net" and cfg.tag == "v1" and cfg.license == "mit"
+        assert isinstance(timm.get_pretrained_cfg("toy_net.v1"), timm.models.PretrainedCfg)
         assert registry.create_model("toy_net", width=3).fc.in_features == 3
         assert registry.create_model("toy_net").fc.in_features == 4  # the class default
         assert registry.create_model("toy_net.v1").fc.in_features == 8  # a named tag brings its architecture
+        assert timm.create_model("toy_net.v1").fc.in_features == 8
         with pytest.raises(ValueError, match="no pretrained tag 'v2'.*toy_net.v1"):
             registry.create_model("toy_net.v2")
-        with pytest.raises(FileNotFoundError, match="nonexistent"):
-            registry.create_model("toy_net.v1", pretrained=True)
-        # a later record can be added, and made the default
-        registry.register_pretrained_cfg("toy_net.v2", PretrainedCfg(file="/other.safetensors"), default=True)
-        assert registry.get_pretrained_cfg("toy_net").tag == "v2"
-        assert registry.list_pretrained("toy_net*") == ["toy_net.v1", "toy_net.v2"]
+        for create in (registry.create_model, timm.create_model):
+            with pytest.raises(FileNotFoundError, match="nonexistent"):
+                create("toy_net.v1", pretrained=True)
+        with pytest.raises(TypeError, match=r"toy_net got unknown keyword argument\(s\) \['depth'\]; allowed: "):
+            registry.create_model("toy_net", depth=2)
+
+
+def test_a_name_timm_already_has_is_an_error_at_registration():
+    def resnet18(pretrained: bool = False, **kwargs):
+        return Toy()
+
+    with pytest.raises(ValueError, match="'resnet18' of .* is already registered in timm by timm.models.resnet"):
+        registry.register_model(resnet18)
+    import timm
+
+    assert type(timm.create_model("resnet18")).__name__ == "ResNet"  # timm's model is untouched
+
+
+def test_timm_names_are_not_whitebox_names():
+    with pytest.raises(registry.UnknownModelError, match="it is a timm model: use timm.create_model"):
+        whitebox.create_model("resnet18")
+
+
+def test_overlay_with_weights_needs_pretrained(tmp_path):
+    with pytest.raises(ValueError, match=r"names weights \(file\) but pretrained is False"):
+        whitebox.create_model("crate_tiny", pretrained_cfg_overlay=dict(file=str(tmp_path / "w.pth")))
 
 
 def test_checkpoint_path_loads_native_weights(tmp_path):
@@ -150,14 +173,3 @@ def test_checkpoint_path_loads_native_weights(tmp_path):
     dst = whitebox.create_model("crate_tiny", embed_dim=32, depth=1, num_heads=2, num_classes=3, checkpoint_path=path)
     x = torch.randn(1, 3, 224, 224)
     torch.testing.assert_close(dst(x), src(x))
-
-
-def test_register_pretrained_cfg_replaces_a_weightless_placeholder():
-    with toy_family("toy_net2"):
-        assert registry.list_pretrained("toy_net2*") == []
-        assert registry.list_models("toy_net2*") == ["toy_net2"]
-        registry.register_pretrained_cfg("toy_net2.a", PretrainedCfg(url="http://127.0.0.1:9/w.safetensors"))
-        assert registry.list_pretrained("toy_net2*") == ["toy_net2.a"]
-        assert registry.get_pretrained_cfg("toy_net2").tag == "a"  # the placeholder record is gone
-        with pytest.raises(registry.UnknownModelError):
-            registry.register_pretrained_cfg("toy_nett.a", PretrainedCfg())

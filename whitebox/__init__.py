@@ -1,18 +1,15 @@
-"""whitebox: white-box transformers for vision (CRATE, CRATE-MAE), built the way timm is built."""
+"""whitebox: white-box transformers for vision (CRATE, CRATE-MAE), built the way timm is built.
 
-from registry import (
-    create_model,
-    get_pretrained_cfg,
-    is_model,
-    list_models,
-    list_pretrained,
-    model_entrypoint,
-)
+``import whitebox`` registers every model in timm's registry; ``whitebox.create_model`` and
+``timm.create_model`` build the same models with the same weights.
+"""
+
+from registry import create_model, get_pretrained_cfg, is_model, list_models, list_pretrained, model_entrypoint
 
 from . import layers, models
 from .hub import push_to_hub, save_pretrained
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "__version__",

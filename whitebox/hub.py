@@ -1,8 +1,9 @@
 """Publishing models: ``save_pretrained`` to a folder, ``push_to_hub`` to a Hugging Face repository.
 
-Both write ``config.json`` (architecture, model arguments, pretrained record), ``model.safetensors``
-(the state dict; no pickle) and a ``README.md`` model card, so that
-``create_model('local-dir:DIR')`` and ``create_model('hf-hub:org/name')`` rebuild the same model.
+The files are timm's (``timm.models.save_for_hf``): ``config.json`` (architecture, model arguments,
+pretrained record) and ``model.safetensors`` (no pickle), plus a ``README.md`` model card, so that
+``create_model('local-dir:DIR')`` / ``create_model('hf-hub:org/name')`` (whitebox's or timm's)
+rebuild the same model, and whitebox reads what timm's ``save_for_hf`` / ``push_to_hf_hub`` write.
 """
 
 from __future__ import annotations
@@ -13,59 +14,34 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import torch
+import timm.models
 from torch import nn
 
-from registry._hub import CONFIG_NAME, WEIGHTS_NAME, model_config
-
-from ._atomic import atomic_path, atomic_write_text
+from ._atomic import fsync_dir
 
 __all__ = ["model_card", "push_to_hub", "save_pretrained"]
 
-CARD_NAME = "README.md"
 
-
-def model_card(model: nn.Module, config: dict[str, Any] | None = None, repo_id: str | None = None) -> str:
-    """A Hub model card (YAML front matter + markdown) describing the model and its weights."""
-    config = config or model_config(model)
-    cfg = config["pretrained_cfg"]
-    arch = config["architecture"]
-    is_mae = "mae" in arch
-    lines = ["---", "library_name: whitebox", "tags:", "- whitebox", "- white-box-transformer"]
-    lines += ["- masked-image-modeling" if is_mae else "- image-classification"]
-    if cfg.get("license"):
-        lines.append(f"license: {cfg['license']}")
-    lines += ["---", "", f"# {arch}{'.' + cfg['tag'] if cfg.get('tag') else ''}", ""]
-    n_params = sum(p.numel() for p in model.parameters())
-    lines.append(f"A whitebox `{arch}` model ({n_params / 1e6:.2f}M parameters).")
-    if cfg.get("paper"):
-        lines += ["", f"Paper: {cfg['paper']}"]
-    if cfg.get("origin_url"):
-        lines += ["", f"Original weights: {cfg['origin_url']}"]
-    if cfg.get("notes"):
-        lines += ["", f"Notes: {cfg['notes']}"]
-    lines += [
-        "",
-        "## Model arguments",
-        "",
-        "```json",
-        json.dumps(config["model_args"], indent=2, sort_keys=True),
-        "```",
-    ]
-    size = cfg.get("input_size")
-    lines += ["", "## Input", "", f"- size: {tuple(size) if size else None}", f"- mean: {cfg.get('mean')}"]
-    lines += [f"- std: {cfg.get('std')}", f"- interpolation: {cfg.get('interpolation')}"]
-    lines += [
-        "",
-        "## Usage",
-        "",
-        "```python",
-        "import whitebox",
-        "",
-        f"model = whitebox.create_model('hf-hub:{repo_id or 'ORG/NAME'}')",
-    ]
-    lines += ["```", ""]
-    return "\n".join(lines)
+def model_card(config: dict[str, Any], num_params: int, repo_id: str | None = None) -> str:
+    """A Hub model card (YAML front matter + markdown) for a saved ``config.json``."""
+    cfg, arch = config.get("pretrained_cfg", {}), config["architecture"]
+    task = "image-feature-extraction" if "mae" in arch else "image-classification"
+    front = ["---", "library_name: timm", "tags:", "- whitebox", "- white-box-transformer", f"- {task}"]
+    front += ([f"license: {cfg['license']}"] if cfg.get("license") else []) + ["---", ""]
+    lines = [f"# {arch}{'.' + cfg['tag'] if cfg.get('tag') else ''}", ""]
+    lines.append(f"A whitebox `{arch}` model ({num_params / 1e6:.2f}M parameters); timm reads it too.")
+    for key, label in (("paper_name", "Paper"), ("paper_ids", "Paper ids"), ("origin_url", "Original weights")):
+        if cfg.get(key):
+            lines += ["", f"{label}: {cfg[key]}"]
+    notes = cfg.get("notes")
+    if notes:
+        lines += ["", "Notes: " + (" ".join(notes) if isinstance(notes, (list, tuple)) else str(notes))]
+    lines += ["", "## Model arguments", "", "```json", json.dumps(config.get("model_args", {}), indent=2), "```"]
+    lines += ["", "## Input", ""] + [f"- {k}: {cfg.get(k)}" for k in ("input_size", "mean", "std", "interpolation")]
+    name = repo_id or "ORG/NAME"
+    lines += ["", "## Usage", "", "```python", "import whitebox", "", f"model = whitebox.create_model('hf-hub:{name}')"]
+    lines += ["# or, with timm after `import whitebox`:", f"# timm.create_model('hf-hub:{name}', pretrained=True)"]
+    return "\n".join(front + lines + ["```", ""])
 
 
 def save_pretrained(
@@ -73,32 +49,28 @@ def save_pretrained(
 ) -> Path:
     """Write ``config.json``, ``model.safetensors`` (and ``README.md``) into ``save_directory``.
 
-    Each file is written atomically; the folder is created when missing. Returns the folder.
-    ``repo_id`` only fills in the usage line of the model card.
-    ``create_model(f'local-dir:{save_directory}')`` rebuilds the model with these weights.
+    The files are written into a temporary folder beside it and each is renamed into place, so a
+    crash leaves the old file or the new one, never half of one. ``repo_id`` fills in the card's usage.
     """
-    from safetensors.torch import save_file
-
-    config = model_config(model)  # fails early, before anything is written, for a model without a record
+    if not getattr(model, "pretrained_cfg", {}).get("architecture"):
+        raise ValueError(
+            f"{type(model).__name__} was not built by create_model (it has no pretrained_cfg naming its "
+            "architecture); build it with create_model(...) to save it"
+        )
     folder = Path(save_directory).expanduser()
     folder.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    _check_no_shared(tensors)
-    with atomic_path(folder / WEIGHTS_NAME) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": "pt"})
-    atomic_write_text(folder / CONFIG_NAME, json.dumps(config, indent=2) + "\n")
-    if card:
-        atomic_write_text(folder / CARD_NAME, model_card(model, config, repo_id))
+    with tempfile.TemporaryDirectory(dir=folder, prefix=".saving-") as tmp:
+        timm.models.save_for_hf(model, tmp, safe_serialization=True)
+        if card:
+            config = json.loads((Path(tmp) / "config.json").read_text(encoding="utf-8"))
+            num_params = sum(p.numel() for p in model.parameters())
+            (Path(tmp) / "README.md").write_text(model_card(config, num_params, repo_id), encoding="utf-8")
+        for path in sorted(Path(tmp).iterdir()):
+            with open(path, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(path, folder / path.name)
+    fsync_dir(folder)
     return folder
-
-
-def _check_no_shared(tensors: dict[str, torch.Tensor]) -> None:
-    seen: dict[int, str] = {}
-    for k, v in tensors.items():
-        ptr = v.untyped_storage().data_ptr()
-        if v.numel() and ptr in seen:
-            raise ValueError(f"tensors {seen[ptr]!r} and {k!r} share memory; safetensors cannot store tied weights")
-        seen[ptr] = k
 
 
 def push_to_hub(
@@ -110,7 +82,7 @@ def push_to_hub(
     revision: str | None = None,
     create_pr: bool = False,
 ) -> Any:
-    """Create (if needed) the Hub model repository ``repo_id`` and upload the ``save_pretrained`` files.
+    """Create (if needed) the Hub model repository ``repo_id`` and upload the ``save_pretrained`` files in one commit.
 
     The Hub address is ``HF_ENDPOINT`` (read now) or huggingface.co; the token is ``token`` or the
     one ``hf auth login`` stored. Returns ``huggingface_hub``'s commit information.
@@ -121,7 +93,6 @@ def push_to_hub(
     with tempfile.TemporaryDirectory() as tmp:
         folder = save_pretrained(model, tmp, repo_id=repo_id)
         api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-        # one commit with the three files (the Hub stores the weights through LFS / Xet as it decides)
         operations = [CommitOperationAdd(path_in_repo=p.name, path_or_fileobj=str(p)) for p in sorted(folder.iterdir())]
         return api.create_commit(
             repo_id=repo_id,

@@ -43,8 +43,14 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m whitebox.analysis",
         description="Measure every layer's compression and sparsity and draw attention, PCA and reconstructions.",
     )
-    p.add_argument("model", help="registered model name, optionally with a tag (see whitebox.list_models())")
-    p.add_argument("--checkpoint", help="local weights for MODEL (safetensors or a weights-only torch file)")
+    p.add_argument(
+        "model", nargs="?", help="registered model name, optionally with a tag; optional with a recipe --checkpoint"
+    )
+    p.add_argument(
+        "--checkpoint",
+        help="local weights for MODEL (safetensors or a weights-only torch file); a recipe checkpoint also "
+        "gives the model and its arguments",
+    )
     p.add_argument("--pretrained", action="store_true", help="load the registered pretrained weights")
     p.add_argument("--model-args", nargs="*", default=[], metavar="KEY=VALUE", help="arguments for create_model")
     p.add_argument("--images", nargs="*", metavar="FILE", help="image files (default: the embedded sample photos)")
@@ -61,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if Path(args.model).is_file():
+    if args.model and Path(args.model).is_file():
         raise SystemExit(f"{args.model} is a file: name the architecture and pass the file as --checkpoint")
     start = time.perf_counter()
     model = whitebox.create_model(
@@ -72,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         model,
         args.out,
         images,
-        name=args.model,
+        name=args.model or model.pretrained_cfg["architecture"],
         mask_ratio=args.mask_ratio,
         max_images=args.show,
         eps=args.eps,

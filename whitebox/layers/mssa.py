@@ -70,7 +70,7 @@ class SubspaceAttention(nn.Module):
         broadcastable to (B, h, N, N); ``is_causal`` lets token i attend to tokens <= i only. With
         them the layer is a drop-in for timm's ``Attention``.
         """
-        w = rearrange(self.qkv(x), "b n (h p) -> b h n p", h=self.num_heads)
+        w = self.qkv(x).unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2)  # b n (h p) -> b h n p
         attn = None
         if self.fused_attn and not return_attention:
             drop = self.attn_drop.p if self.training else 0.0
@@ -89,7 +89,7 @@ class SubspaceAttention(nn.Module):
                 )
             attn = logits.softmax(dim=-1)
             out = self.attn_drop(attn) @ w
-        out = self.proj_drop(self.proj(rearrange(out, "b h n p -> b n (h p)")))
+        out = self.proj_drop(self.proj(out.transpose(1, 2).flatten(2)))  # b h n p -> b n (h p)
         if return_attention:
             return out, attn
         return out

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-from einops import rearrange
 from torch import nn
 
 
@@ -40,7 +39,13 @@ class _PatchEmbedBase(nn.Module):
         self.num_patches = self.grid_size[0] * self.grid_size[1]
 
     def dynamic_grid(self, x: torch.Tensor) -> tuple[int, int]:
-        """Patch grid (gh, gw) of an image batch, after checking the batch."""
+        """Patch grid (gh, gw) of an image batch, after checking the batch.
+
+        Under FX symbolic tracing (torchvision's feature extraction) the shape is unknown: the grid
+        the model was built for is assumed, as timm's ViT assumes its ``img_size``.
+        """
+        if isinstance(x, torch.fx.Proxy):
+            return self.grid_size
         check_images(x, self.in_chans, self.patch_size)
         return x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size
 
@@ -67,6 +72,7 @@ class LinearPatchEmbed(_PatchEmbedBase):
         self.norm_out = nn.LayerNorm(embed_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        p = self.patch_size
-        x = rearrange(x, "b c (h p1) (w p2) -> b (h w) (p1 p2 c)", p1=p, p2=p)
+        # b c (h p1) (w p2) -> b (h w) (p1 p2 c), with plain reshapes so that FX and torch.export trace it
+        (gh, gw), p, c = self.dynamic_grid(x), self.patch_size, self.in_chans
+        x = x.reshape(-1, c, gh, p, gw, p).permute(0, 2, 4, 3, 5, 1).reshape(-1, gh * gw, p * p * c)
         return self.norm_out(self.proj(self.norm_in(x)))

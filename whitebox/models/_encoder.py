@@ -12,7 +12,6 @@ from typing import Any, Literal
 import torch
 from timm.layers import resample_abs_pos_embed, trunc_normal_
 from timm.models import checkpoint_seq
-from timm.models._features import feature_take_indices
 from torch import nn
 
 from ..layers import ConvPatchEmbed, LinearPatchEmbed, SinCosPosEmbed
@@ -58,6 +57,7 @@ class TokenEncoder(nn.Module):
         self.num_classes = num_classes
         self.global_pool = global_pool
         self.num_features = self.head_hidden_size = self.embed_dim = embed_dim
+        self.in_chans = in_chans
         self.num_prefix_tokens = 1
         self.dynamic_img_size = dynamic_img_size
         self.grad_checkpointing = False
@@ -182,12 +182,19 @@ class TokenEncoder(nn.Module):
         return self.forward_head(self.forward_features(x))
 
     def _take_indices(self, indices: int | list[int] | None) -> tuple[list[int], int]:
+        """Block indices as timm takes them (``None``: all, an int n: the last n, a list: those), and the last."""
         n = len(self.blocks)
-        if isinstance(indices, int) and not 0 < indices <= n:
-            raise ValueError(f"indices as an int takes the last n blocks: 1 <= n <= {n}, got {indices}")
-        if isinstance(indices, (list, tuple)) and any(not -n <= i < n for i in indices):
-            raise ValueError(f"block indices must be in [{-n}, {n - 1}], got {list(indices)}")
-        return feature_take_indices(n, indices)
+        if indices is None:
+            return list(range(n)), n - 1
+        if isinstance(indices, int) and not isinstance(indices, bool):
+            if not 0 < indices <= n:
+                raise ValueError(f"indices as an int takes the last n blocks: 1 <= n <= {n}, got {indices}")
+            return list(range(n - indices, n)), n - 1
+        wanted = list(indices)
+        if not wanted or any(isinstance(i, bool) or not isinstance(i, int) or not -n <= i < n for i in wanted):
+            raise ValueError(f"block indices must be in [{-n}, {n - 1}], got {wanted} (a non-empty list of integers)")
+        take = [i % n for i in wanted]
+        return take, max(take)
 
     def prune_intermediate_layers(
         self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True

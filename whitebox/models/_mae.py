@@ -212,6 +212,10 @@ class MaskedAutoencoder(nn.Module):
         return self.encoder.num_features
 
     @property
+    def head_hidden_size(self) -> int:
+        return self.encoder.head_hidden_size
+
+    @property
     def num_classes(self) -> int:
         return self.encoder.num_classes
 

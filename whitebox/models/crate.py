@@ -8,14 +8,17 @@ with a convolutional embedding, fixed sin-cos positions and a final LN, is the C
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 import torch
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
 from registry import build_model_with_cfg, generate_default_cfgs, register_model
 
 from ..layers import CrateBlock
+from ._adapt import adapt_state_dict, clean_state_dict, prenorm_block, rename_all
 from ._encoder import GlobalPool, TokenEncoder
 
 __all__ = ["CRATE"]
@@ -92,37 +95,84 @@ class CRATE(TokenEncoder):
             nn.init.normal_(self.pos_embed)
 
 
+def is_official_crate(state_dict: dict[str, torch.Tensor]) -> bool:
+    return any(k.startswith(("transformer.layers.", "to_patch_embedding.")) for k in state_dict)
+
+
+def crate_official_to_native(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Official supervised CRATE keys (``model/crate.py``: ``to_patch_embedding.{1,2,3}``, ``pos_embedding``,
+    ``transformer.layers.i.{0,1}`` with ``PreNorm``, ``mlp_head.{0,1}``) -> ``CRATE`` keys."""
+    fixed = {
+        "pos_embedding": "pos_embed",
+        "cls_token": "cls_token",
+        "mlp_head.0.weight": "fc_norm.weight",
+        "mlp_head.0.bias": "fc_norm.bias",
+        "mlp_head.1.weight": "head.weight",
+        "mlp_head.1.bias": "head.bias",
+    }
+    embed = {"1": "patch_embed.norm_in", "2": "patch_embed.proj", "3": "patch_embed.norm_out"}
+
+    def rename(k: str) -> str | None:
+        if k in fixed:
+            return fixed[k]
+        if m := re.fullmatch(r"to_patch_embedding\.([123])\.(weight|bias)", k):
+            return f"{embed[m.group(1)]}.{m.group(2)}"
+        if m := re.fullmatch(r"transformer\.layers\.(\d+)\.(.+)", k):
+            leaf = prenorm_block(m.group(2), ("attn", "ista"))
+            return f"blocks.{m.group(1)}.{leaf}" if leaf else None
+        return None
+
+    return rename_all(state_dict, rename, "official CRATE")
+
+
 def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
-    """Map a checkpoint onto ``model`` (official supervised CRATE, a CRATE-MAE encoder, or native; see
-    ``whitebox.convert.crate_filter``) and adapt it to ``num_classes`` / ``in_chans`` / ``img_size``."""
-    from ..convert import crate_filter
+    """Official supervised CRATE, native, or a CRATE-MAE checkpoint (official or ours: its encoder, for
+    fine-tuning and probing) -> ``model``, adapted to its ``num_classes`` / ``in_chans`` / ``img_size``."""
+    from .crate_mae import crate_mae_official_to_native, is_official_crate_mae  # crate_mae imports this module
 
-    return crate_filter(state_dict, model)
+    sd = clean_state_dict(state_dict)
+    if is_official_crate(sd):
+        sd = crate_official_to_native(sd)
+    elif is_official_crate_mae(sd):
+        sd = crate_mae_official_to_native(sd)
+    if any(k.startswith("encoder.") for k in sd):
+        sd = {k.removeprefix("encoder."): v for k, v in sd.items() if k.startswith("encoder.")}
+    return adapt_state_dict(sd, model)
 
 
-pretrained_cfgs = generate_default_cfgs(
+def _cfg(**kwargs: Any) -> dict[str, Any]:
+    defaults = dict(
+        input_size=(3, 224, 224),
+        fixed_input_size=True,  # a learned position table (dynamic_img_size=True resamples it)
+        interpolation="bicubic",
+        crop_pct=0.875,
+        mean=IMAGENET_DEFAULT_MEAN,
+        std=IMAGENET_DEFAULT_STD,
+        num_classes=1000,
+        first_conv="patch_embed.proj",
+        classifier="head",
+        paper_name="White-Box Transformers via Sparse Rate Reduction (NeurIPS 2023)",
+        paper_ids="arXiv:2306.01129",
+        origin_url="https://github.com/Ma-Lab-Berkeley/CRATE",
+    )
+    return {**defaults, **kwargs}
+
+
+default_cfgs = generate_default_cfgs(
     {
-        "crate_small.in1k": dict(
-            gdrive_id="1hYgDJl4EKHYfKprwhEjmWmWHuxnK6_h8",
-            filename="crate_small_in1k.pth",
-            sha256=None,  # not published; the Drive file is the authors' training checkpoint
-            input_size=(3, 224, 224),
+        "crate_tiny": _cfg(),
+        "crate_small.in1k": _cfg(
+            gdrive_id="1hYgDJl4EKHYfKprwhEjmWmWHuxnK6_h8",  # no sha256 published; the authors' training checkpoint
             interpolation="bilinear",
-            crop_pct=0.875,
-            mean=(0.485, 0.456, 0.406),
-            std=(0.229, 0.224, 0.225),
-            num_classes=1000,
-            first_conv="patch_embed.proj",
-            classifier="head",
             license="mit",
-            paper="White-Box Transformers via Sparse Rate Reduction, Yu et al., NeurIPS 2023 (arXiv 2306.01129)",
-            origin_url="https://github.com/Ma-Lab-Berkeley/CRATE",
             notes=(
                 "Official supervised CRATE-S/16 ImageNet-1K release ({'state_dict': ...} saved from "
                 "DataParallel, 'module.' prefix). Official defaults eta = 0.1, lambda = 0.1; evaluation "
-                "Resize(256) + CenterCrop(224), bilinear."
+                "Resize(256) + CenterCrop(224), bilinear.",
             ),
         ),
+        "crate_base": _cfg(),
+        "crate_large": _cfg(),
     }
 )
 

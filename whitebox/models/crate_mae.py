@@ -10,14 +10,17 @@ and no second copy of the position table are created.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import torch
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
 from registry import build_model_with_cfg, generate_default_cfgs, register_model
 
 from ..layers import CrateDecoderBlock
+from ._adapt import MAE_UNUSED, adapt_state_dict, check_sincos, clean_state_dict, prenorm_block, rename_all
 from ._mae import MaskedAutoencoder
 from .crate import CRATE
 
@@ -96,43 +99,78 @@ class CrateMAE(MaskedAutoencoder):
             nn.init.kaiming_uniform_(blk.linear.weight)
 
 
+def is_official_crate_mae(state_dict: dict[str, torch.Tensor]) -> bool:
+    return "blocks.0.layers.0.0.fn.qkv.weight" in state_dict
+
+
+def crate_mae_official_to_native(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Official CRATE-MAE keys (``model/crate_ae/crate_ae.py``: ``MaskedAutoencoderViT`` with ``PreNorm``
+    blocks ``blocks.i.layers.0.{0,1}``, attention then the ISTA dictionary in the encoder, the linear
+    step then attention in the decoder) -> ``CrateMAE`` keys; unused tensors are dropped."""
+
+    def rename(k: str) -> str | None:
+        if k in MAE_UNUSED:
+            return ""
+        if k in ("mask_token", "decoder_norm.weight", "decoder_norm.bias", "decoder_pred.weight", "decoder_pred.bias"):
+            return k
+        if k in ("cls_token", "norm.weight", "norm.bias") or k.startswith("patch_embed."):
+            return f"encoder.{k}"
+        m = re.fullmatch(r"(blocks|decoder_blocks)\.(\d+)\.layers\.0\.(.+)", k)
+        if m is None:
+            return None
+        decoder = m.group(1) == "decoder_blocks"
+        leaf = prenorm_block(m.group(3), ("linear", "attn") if decoder else ("attn", "ista"))
+        if leaf is None:
+            return None
+        return f"decoder_blocks.{m.group(2)}.{leaf}" if decoder else f"encoder.blocks.{m.group(2)}.{leaf}"
+
+    return rename_all(state_dict, rename, "official CRATE-MAE")
+
+
 def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
-    """Map a checkpoint onto ``model`` (official CRATE-MAE or native; see ``whitebox.convert.crate_mae_filter``)
-    and adapt it to ``num_classes`` / ``in_chans``."""
-    from ..convert import crate_mae_filter
+    """Official CRATE-MAE or native layout -> ``model``, adapted to its ``num_classes`` / ``in_chans``."""
+    sd = clean_state_dict(state_dict)
+    if is_official_crate_mae(sd):
+        check_sincos(sd.get("decoder_pos_embed"), model, "encoder.")
+        sd = crate_mae_official_to_native(sd)
+    return adapt_state_dict(sd, model, encoder_prefix="encoder.")
 
-    return crate_mae_filter(state_dict, model)
+
+def _cfg(**kwargs: Any) -> dict[str, Any]:
+    defaults = dict(
+        input_size=(3, 224, 224),
+        fixed_input_size=False,  # fixed sin-cos positions: any size divisible by the patch
+        interpolation="bicubic",
+        crop_pct=0.875,
+        mean=IMAGENET_DEFAULT_MEAN,
+        std=IMAGENET_DEFAULT_STD,
+        num_classes=0,
+        first_conv="encoder.patch_embed.proj",
+        classifier="encoder.head",
+        paper_name="Masked Completion via Structured Diffusion with White-Box Transformers (ICLR 2024)",
+        paper_ids="arXiv:2404.02446",
+        origin_url="https://github.com/Ma-Lab-Berkeley/CRATE",
+    )
+    return {**defaults, **kwargs}
 
 
-pretrained_cfgs = generate_default_cfgs(
+default_cfgs = generate_default_cfgs(
     {
-        "crate_mae_base.in1k": dict(
-            gdrive_id="11i5BMwymqOsunq44WD3omN5mS6ZREQPO",
-            filename="crate_mae_base_in1k.pth",
-            sha256=None,  # not published by the authors
+        "crate_mae_tiny": _cfg(),
+        "crate_mae_small": _cfg(),
+        "crate_mae_base.in1k": _cfg(
+            gdrive_id="11i5BMwymqOsunq44WD3omN5mS6ZREQPO",  # no sha256 published by the authors
             model_args=dict(lambd=5.0),
-            input_size=(3, 224, 224),
-            interpolation="bicubic",
-            crop_pct=0.875,
-            mean=(0.485, 0.456, 0.406),
-            std=(0.229, 0.224, 0.225),
-            num_classes=0,
-            first_conv="encoder.patch_embed.proj",
-            classifier="encoder.head",
             license="mit",
-            paper=(
-                "Masked Completion via Structured Diffusion with White-Box Transformers, Pai et al., "
-                "ICLR 2024 (arXiv 2404.02446)"
-            ),
-            origin_url="https://github.com/Ma-Lab-Berkeley/CRATE",
             notes=(
-                "Official CRATE-MAE-B/16 ImageNet-1K pretraining (facebookresearch/mae-style {'model': ...}). "
+                "Official CRATE-MAE-B/16 ImageNet-1K pretraining (facebookresearch/mae-style {'model': ...}).",
                 "lambda = 5.0: the weights were published (2024-03-14) with code whose encoder ISTA step "
                 "hard-coded lambd = 5.0; the default became 0.5 two weeks later together with the "
                 "visualisation scripts, and the authors' notebook for these weights sets 5.0. The 5.0 in the "
-                "official decoder's linear step is unused (that step has no threshold)."
+                "official decoder's linear step is unused (that step has no threshold).",
             ),
         ),
+        "crate_mae_large": _cfg(),
     }
 )
 

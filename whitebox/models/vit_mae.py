@@ -12,11 +12,13 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models.vision_transformer import Block
 from torch import nn
 
 from registry import build_model_with_cfg, generate_default_cfgs, register_model
 
+from ._adapt import MAE_UNUSED, adapt_state_dict, check_sincos, clean_state_dict, rename_all
 from ._encoder import TokenEncoder
 from ._mae import MaskedAutoencoder
 
@@ -77,15 +79,48 @@ class ViTMAE(MaskedAutoencoder):
         self.init_weights()
 
 
+def vit_mae_official_to_native(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """facebookresearch/mae-style ViT keys (as the CRATE repo's ``mae_vit_*`` builds them) -> ``ViTMAE`` keys."""
+
+    def rename(k: str) -> str | None:
+        if k in MAE_UNUSED:
+            return ""
+        if k == "mask_token" or k.startswith(("decoder_blocks.", "decoder_norm.", "decoder_pred.")):
+            return k
+        if k.startswith(("patch_embed.", "blocks.", "norm.")) or k == "cls_token":
+            return f"encoder.{k}"
+        return None
+
+    return rename_all(state_dict, rename, "official MAE")
+
+
 def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
-    """Map a checkpoint onto ``model`` (MAE-style ViT layout or native; see ``whitebox.convert.vit_mae_filter``)
-    and adapt it to ``num_classes`` / ``in_chans``."""
-    from ..convert import vit_mae_filter
+    """MAE-style official layout (ViT blocks) or native -> ``model``, adapted to its ``num_classes`` / ``in_chans``."""
+    sd = clean_state_dict(state_dict)
+    if not any(k.startswith("encoder.") for k in sd) and (
+        "blocks.0.attn.qkv.weight" in sd or "patch_embed.proj.weight" in sd
+    ):
+        check_sincos(sd.get("decoder_pos_embed"), model, "encoder.")
+        sd = vit_mae_official_to_native(sd)
+    return adapt_state_dict(sd, model, encoder_prefix="encoder.")
 
-    return vit_mae_filter(state_dict, model)
 
-
-pretrained_cfgs = generate_default_cfgs({})
+default_cfgs = generate_default_cfgs(
+    {
+        name: dict(
+            input_size=(3, 224, 224),
+            fixed_input_size=False,
+            mean=IMAGENET_DEFAULT_MEAN,
+            std=IMAGENET_DEFAULT_STD,
+            num_classes=0,
+            first_conv="encoder.patch_embed.proj",
+            classifier="encoder.head",
+            paper_name="Masked Autoencoders Are Scalable Vision Learners (CVPR 2022), as CRATE-MAE's baseline",
+            paper_ids="arXiv:2111.06377",
+        )
+        for name in ("vit_mae_base", "vit_mae_large")
+    }
+)
 
 
 def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> ViTMAE:

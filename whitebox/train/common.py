@@ -12,9 +12,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from registry import create_model, is_model
+from registry import checkpoint_model, create_model, is_model, load_state_dict, read_checkpoint, unwrap_state_dict
 
-from .checkpoint import atomic_write_bytes, load_checkpoint_file
+from .checkpoint import atomic_write_bytes
 
 MODEL_SHAPE_FLAGS = ("img_size", "patch_size", "embed_dim", "depth", "num_heads", "decoder_depth", "decoder_num_heads")
 
@@ -97,36 +97,27 @@ def load_encoder(
 ) -> tuple[nn.Module, str, dict[str, Any]]:
     """The backbone to probe or fine-tune, the model name, and the kwargs it was built with.
 
-    ``checkpoint`` may be a ``pretrain.py`` / ``finetune.py`` checkpoint (the model name and shape are
-    read from it, and ``model`` may then be ``None``) or any weights file for ``model`` (safetensors
-    or a plain PyTorch file; the whole model or, for a masked autoencoder, its encoder alone). For a
-    masked autoencoder the encoder (``model.encoder``) is returned; other models are returned whole.
-    The classifier is reset to ``num_classes`` outputs (0: none) with ``global_pool`` after loading.
+    ``checkpoint`` may be a ``pretrain.py`` / ``finetune.py`` checkpoint (it records its model name and
+    arguments, so ``model`` may be ``None``) or any weights file for ``model``: the whole model or, for
+    a masked autoencoder, its encoder alone (as ``finetune.py`` saves it). For a masked autoencoder the
+    encoder (``model.encoder``) is returned; other models are returned whole. The classifier is reset
+    to ``num_classes`` outputs (0: none) with ``global_pool`` after loading.
     """
-    from registry._hub import apply_state_dict
-    from registry._io import load_state_dict_file, unwrap_state_dict
-
-    model_kwargs: dict[str, Any] = {}
-    state = None
-    if checkpoint and Path(checkpoint).suffix == ".safetensors":
-        state = load_state_dict_file(checkpoint)
-    elif checkpoint:
-        ckpt = load_checkpoint_file(checkpoint)
-        if "model_name" in ckpt:  # written by the recipes
-            model = model or ckpt["model_name"]
-            model_kwargs = dict(ckpt.get("model_kwargs", {}))
-        state = unwrap_state_dict(ckpt, str(checkpoint))
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    ckpt = read_checkpoint(checkpoint) if checkpoint else None
+    if ckpt is not None:
+        model, kwargs = checkpoint_model(ckpt, str(checkpoint), model, kwargs)
     if not model:
-        raise ValueError("give --model, or a --checkpoint written by pretrain.py (it names its model)")
+        raise ValueError("give --model, or a --checkpoint written by the recipes (it names its model)")
     check_model_name(model)
-    model_kwargs.update({k: v for k, v in kwargs.items() if v is not None})
-    net = create_model(model, pretrained=pretrained, **model_kwargs)
+    net = create_model(model, pretrained=pretrained, **kwargs)
     encoder = getattr(net, "encoder", net)
-    if state is not None:
+    if ckpt is not None:
+        state = unwrap_state_dict(ckpt, str(checkpoint))
         encoder_only = encoder is not net and not any(k.startswith("encoder.") for k in state)
-        apply_state_dict(encoder if encoder_only else net, state, strict=True, source=str(checkpoint))
+        load_state_dict(encoder if encoder_only else net, state, str(checkpoint))
     encoder.reset_classifier(num_classes, global_pool)
-    return encoder, model, model_kwargs
+    return encoder, model, kwargs
 
 
 def output_dir(path: str | os.PathLike[str]) -> Path:

@@ -1,0 +1,148 @@
+"""Reading weight files without running code, and loading them into a model with errors that name the problem.
+
+Files are recognised by their content, not their name: safetensors, or a PyTorch file read with
+``torch.load(weights_only=True)`` (plain tensors and containers; ``argparse.Namespace``, which
+MAE-style training checkpoints carry, only fills an attribute dict). Everything else is refused
+with an error that names the file, says what it is and what was expected.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pickle
+import struct
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from timm.models import clean_state_dict
+from torch import nn
+
+StateDict = dict[str, torch.Tensor]
+FilterFn = Callable[[StateDict, nn.Module], StateDict]
+_WRAPPER_KEYS = ("model", "state_dict", "model_state", "model_state_dict", "module")
+_EXPECTED = "expected a .safetensors file or a PyTorch checkpoint of tensors"
+
+
+class UnsafeCheckpointError(pickle.UnpicklingError):
+    """A PyTorch file holds objects other than tensors and plain containers; loading it would run code."""
+
+
+class CheckpointFormatError(ValueError):
+    """A file is empty, damaged, or not a weights file at all."""
+
+
+def _kind(path: Path) -> str:
+    """``'safetensors'``, ``'torch'`` or a description of what the file is instead."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    size = path.stat().st_size
+    if not head:
+        return "empty (0 bytes)"
+    if len(head) == 9 and head[8:9] == b"{" and struct.unpack("<Q", head[:8])[0] < size:
+        return "safetensors"
+    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":  # zip archive (torch.save) or a legacy pickle
+        return "torch"
+    return f"not a weights file ({size} bytes starting with {head!r})"
+
+
+def read_checkpoint(path: str | os.PathLike[str]) -> Any:
+    """The object stored in a weights or training-checkpoint file, read without executing code."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint file not found: {path}")
+    kind = _kind(path)
+    if kind == "safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path), device="cpu")
+        except Exception as err:  # safetensors' own error type
+            raise CheckpointFormatError(f"{path} is a damaged safetensors file ({err}); {_EXPECTED}") from err
+    if kind != "torch":
+        raise CheckpointFormatError(f"{path} is {kind}; {_EXPECTED}")
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        unsafe = _unsafe_globals(path)
+        if unsafe:
+            raise UnsafeCheckpointError(
+                f"refused to load {path}: loading it would run code from the file (it needs {', '.join(unsafe)}). "
+                "Re-save its tensors as safetensors from a trusted environment."
+            ) from err
+        raise CheckpointFormatError(f"{path} is a damaged or foreign pickle ({str(err)[-200:]}); {_EXPECTED}") from err
+    except (RuntimeError, EOFError, ValueError, struct.error) as err:
+        raise CheckpointFormatError(f"{path} is a damaged PyTorch file ({str(err)[:200]}); {_EXPECTED}") from err
+
+
+def _unsafe_globals(path: Path) -> list[str]:
+    try:
+        return list(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
+    except Exception:  # a legacy (non-zip) pickle: its globals cannot be listed without reading it
+        return []
+
+
+def unwrap_state_dict(obj: Any, source: str = "checkpoint") -> StateDict:
+    """The tensor dict inside a training checkpoint (``{'model': ...}``, ``{'state_dict': ...}``, ...)."""
+    for _ in range(3):
+        if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+            return clean_state_dict(obj)  # without DataParallel / torch.compile prefixes
+        inner = (
+            next((obj[k] for k in _WRAPPER_KEYS if isinstance(obj.get(k), dict)), None)
+            if isinstance(obj, dict)
+            else None
+        )
+        if inner is None:
+            break
+        obj = inner
+    top = list(obj)[:10] if isinstance(obj, dict) else type(obj).__name__
+    raise CheckpointFormatError(f"{source} holds no state dict of tensors (top level: {top})")
+
+
+def read_state_dict(path: str | os.PathLike[str]) -> StateDict:
+    """The state dict in a weights file or a training checkpoint."""
+    return unwrap_state_dict(read_checkpoint(path), str(path))
+
+
+def apply_state_dict(model: nn.Module, state_dict: StateDict, strict: bool = True, source: str = "") -> None:
+    """``load_state_dict`` with an error that names missing, unexpected and mis-shaped keys."""
+    own = model.state_dict()
+    shapes = [
+        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+        for k, v in state_dict.items()
+        if k in own and own[k].shape != v.shape
+    ]
+    missing, unexpected = sorted(set(own) - set(state_dict)), sorted(set(state_dict) - set(own))
+    problems = [f"shape mismatches {shapes[:20]}"] if shapes else []
+    if strict:
+        problems += [f"missing keys {missing[:20]}"] * bool(missing) + [f"unexpected keys {unexpected[:20]}"] * bool(
+            unexpected
+        )
+    if problems:
+        raise ValueError(f"cannot load {source or 'state dict'} into {type(model).__name__}: " + "; ".join(problems))
+    model.load_state_dict(state_dict, strict=strict)
+
+
+def family_filter(model: nn.Module) -> FilterFn | None:
+    """The ``checkpoint_filter_fn`` of the module that defines the model's class (timm's convention)."""
+    return getattr(sys.modules.get(type(model).__module__), "checkpoint_filter_fn", None)
+
+
+def load_state_dict(
+    model: nn.Module, state_dict: StateDict, source: str = "", filter_fn: FilterFn | None = None, strict: bool = True
+) -> None:
+    """Convert ``state_dict`` with ``filter_fn`` (default: the family's ``checkpoint_filter_fn``) and load it."""
+    if (filter_fn := filter_fn or family_filter(model)) is not None:
+        state_dict = filter_fn(state_dict, model)
+    apply_state_dict(model, state_dict, strict=strict, source=source)
+
+
+def load_checkpoint(
+    model: nn.Module, checkpoint_path: str | os.PathLike[str], filter_fn: FilterFn | None = None, strict: bool = True
+) -> None:
+    """Load a local file into ``model``, converting it with the model family's checkpoint filter."""
+    load_state_dict(model, read_state_dict(checkpoint_path), str(checkpoint_path), filter_fn, strict)
