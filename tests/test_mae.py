@@ -35,13 +35,19 @@ def test_noise_makes_masking_and_output_deterministic(name):
     assert loss is a.loss and pred is a.pred and mask is a.mask
 
 
-@pytest.mark.parametrize("ratio", [0.0, 0.25, 0.5, 0.75, 0.9, 0.99])
+@pytest.mark.parametrize("ratio", [0.0, 0.25, 0.5, 0.75, 0.9, 0.93])
 def test_mask_ratio_is_honoured(ratio):
     model = _create("crate_mae_tiny").eval()
     out = model(torch.randn(4, 3, 32, 32), mask_ratio=ratio)
     removed = L - int(L * (1 - ratio))
     assert (out.mask.sum(dim=1) == removed).all()
     assert torch.isfinite(out.loss)
+
+
+def test_a_mask_that_keeps_no_patch_is_refused():
+    model = _create("crate_mae_tiny").eval()
+    with pytest.raises(ValueError, match=r"mask_ratio 0.95 keeps none of the 16 patches.*below 0.9375"):
+        model(torch.randn(1, 3, 32, 32), mask_ratio=0.95)
 
 
 def test_loss_is_over_masked_patches_only():

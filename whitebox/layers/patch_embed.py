@@ -17,6 +17,8 @@ def check_images(x: object, in_chans: int, patch_size: int) -> None:
             f"expected a floating-point image tensor, got {x.dtype}; convert it first, e.g. x.float() / 255 "
             "followed by the model's mean/std normalisation"
         )
+    if x.shape[0] == 0:
+        raise ValueError(f"got an empty batch (input shape {tuple(x.shape)}); give at least one image")
     if x.shape[1] != in_chans:
         raise ValueError(f"expected {in_chans} input channels, got {x.shape[1]} (input shape {tuple(x.shape)})")
     h, w = x.shape[-2:]

@@ -15,6 +15,7 @@ from timm.models import checkpoint_seq
 from torch import nn
 
 from ..layers import ConvPatchEmbed, LinearPatchEmbed, SinCosPosEmbed
+from ._args import MAX_DEPTH, check_image_size, check_int, check_rates, check_width
 
 GlobalPool = Literal["token", "avg", ""]
 
@@ -48,6 +49,12 @@ class TokenEncoder(nn.Module):
         block_kwargs: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        check_image_size(img_size, patch_size)
+        check_int("in_chans", in_chans, 1, 1024)
+        check_int("num_classes", num_classes, 0, 10_000_000)
+        check_width(embed_dim, num_heads, 4 if pos_embed == "sincos" else 1)
+        check_int("depth", depth, 1, MAX_DEPTH)
+        check_rates(drop_rate=drop_rate, pos_drop_rate=pos_drop_rate, drop_path_rate=drop_path_rate)
         if global_pool not in ("token", "avg", ""):
             raise ValueError(f"global_pool must be 'token', 'avg' or '', got {global_pool!r}")
         if embed_layer not in ("conv", "linear"):
@@ -118,7 +125,7 @@ class TokenEncoder(nn.Module):
             if global_pool not in ("token", "avg", ""):
                 raise ValueError(f"global_pool must be 'token', 'avg' or '', got {global_pool!r}")
             self.global_pool = global_pool
-        self.num_classes = num_classes
+        self.num_classes = check_int("num_classes", num_classes, 0, 10_000_000)
         self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
 
     # ----------------------------------------------------------------------------- forward

@@ -126,8 +126,16 @@ class MaskedAutoencoder(nn.Module):
 
         Returns ``mask`` (B, L; 1 = removed, float) and ``ids_restore`` (B, L).
         """
+        len_keep = int(length * (1 - mask_ratio))
+        if len_keep == 0:
+            raise ValueError(
+                f"mask_ratio {mask_ratio} keeps none of the {length} patches (int({length} * (1 - mask_ratio)) = 0); "
+                f"use a mask_ratio below {1 - 1 / length:.4g}"
+            )
         if noise is None:
             noise = torch.rand(batch, length, device=device)
+        elif not isinstance(noise, torch.Tensor):
+            raise TypeError(f"noise must be a torch.Tensor of shape (batch, num_patches), got {type(noise).__name__}")
         elif tuple(noise.shape) != (batch, length):
             raise ValueError(
                 f"noise must have shape (batch, num_patches) = {(batch, length)}, got {tuple(noise.shape)}"
@@ -138,7 +146,6 @@ class MaskedAutoencoder(nn.Module):
             )
         else:
             noise = noise.to(device)  # e.g. CPU noise with GPU images
-        len_keep = int(length * (1 - mask_ratio))
         ids_shuffle = torch.argsort(noise, dim=1)  # ascending: small is kept
         ids_restore = torch.argsort(ids_shuffle, dim=1)
         mask = (ids_restore >= len_keep).float()

@@ -19,6 +19,7 @@ from registry import build_model_with_cfg, generate_default_cfgs, register_model
 
 from ..layers import CrateBlock
 from ._adapt import adapt_state_dict, clean_state_dict, prenorm_block, rename_all
+from ._args import check_float, check_rates
 from ._encoder import GlobalPool, TokenEncoder
 
 __all__ = ["CRATE"]
@@ -67,6 +68,9 @@ class CRATE(TokenEncoder):
         dynamic_img_size: bool = False,
         fused_attn: bool | None = None,
     ) -> None:
+        check_float("eta", eta, 0.0, open_low=True)
+        check_float("lambd", lambd, 0.0)
+        check_rates(attn_drop_rate=attn_drop_rate, proj_drop_rate=proj_drop_rate)
         super().__init__(
             block_fn=CrateBlock,
             img_size=img_size,

@@ -21,6 +21,7 @@ from registry import build_model_with_cfg, generate_default_cfgs, register_model
 
 from ..layers import CrateDecoderBlock
 from ._adapt import MAE_UNUSED, adapt_state_dict, check_sincos, clean_state_dict, prenorm_block, rename_all
+from ._args import MAX_DEPTH, check_int, check_width
 from ._mae import MaskedAutoencoder
 from .crate import CRATE
 
@@ -61,6 +62,9 @@ class CrateMAE(MaskedAutoencoder):
         drop_path_rate: float = 0.0,
         fused_attn: bool | None = None,
     ) -> None:
+        decoder_depth = depth if decoder_depth is None else check_int("decoder_depth", decoder_depth, 0, MAX_DEPTH)
+        decoder_num_heads = num_heads if decoder_num_heads is None else decoder_num_heads
+        check_width(embed_dim, decoder_num_heads)
         super().__init__(embed_dim, norm_pix_loss=norm_pix_loss, mask_ratio=mask_ratio)
         self.encoder = CRATE(
             img_size=img_size,
@@ -82,12 +86,7 @@ class CrateMAE(MaskedAutoencoder):
         )
         self.decoder_embed = nn.Identity()  # decoder width = encoder width
         self.decoder_blocks = nn.Sequential(
-            *[
-                CrateDecoderBlock(
-                    embed_dim, num_heads if decoder_num_heads is None else decoder_num_heads, fused_attn=fused_attn
-                )
-                for _ in range(depth if decoder_depth is None else decoder_depth)
-            ]
+            *[CrateDecoderBlock(embed_dim, decoder_num_heads, fused_attn=fused_attn) for _ in range(decoder_depth)]
         )
         self.decoder_norm = nn.LayerNorm(embed_dim, eps=1e-6)
         self.decoder_pred = nn.Linear(embed_dim, patch_size**2 * in_chans)

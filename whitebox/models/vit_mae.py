@@ -19,6 +19,7 @@ from torch import nn
 from registry import build_model_with_cfg, generate_default_cfgs, register_model
 
 from ._adapt import MAE_UNUSED, adapt_state_dict, check_sincos, clean_state_dict, rename_all
+from ._args import MAX_DEPTH, check_float, check_int, check_width
 from ._encoder import TokenEncoder
 from ._mae import MaskedAutoencoder
 
@@ -47,7 +48,10 @@ class ViTMAE(MaskedAutoencoder):
         global_pool: str = "token",
         drop_path_rate: float = 0.0,
     ) -> None:
-        decoder_embed_dim = decoder_embed_dim or embed_dim
+        decoder_embed_dim = embed_dim if decoder_embed_dim is None else decoder_embed_dim
+        check_width(decoder_embed_dim, decoder_num_heads)
+        check_int("decoder_depth", decoder_depth, 0, MAX_DEPTH)
+        check_float("mlp_ratio", mlp_ratio, 0.0, 64.0, open_low=True)
         super().__init__(embed_dim, norm_pix_loss=norm_pix_loss, mask_ratio=mask_ratio)
         self.encoder = TokenEncoder(
             block_fn=Block,
