@@ -1,23 +1,17 @@
-"""Shared helpers for the benchmarks: device-synchronised timing, peak memory, atomic JSON output.
+"""Shared helpers for the benchmarks: device-synchronised timing and peak memory (JSON output: ``whitebox.io``).
 
 t = median_time(step, warmup=3, reps=10, device="cuda")   # Timing(median, min, times)
 reset_peak_memory("cuda"); step(); peak_memory_bytes("cuda")  # None on CPU
-write_json_atomic(path, obj)
 """
 
 from __future__ import annotations
 
-import json
 import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import torch
-
-from whitebox._atomic import atomic_write_text
 
 
 @dataclass(frozen=True)
@@ -79,8 +73,3 @@ def peak_memory_bytes(device: str | torch.device) -> int | None:
         return None
     synchronize(device)
     return int(torch.cuda.max_memory_allocated(device))
-
-
-def write_json_atomic(path: str | Path, obj: Any) -> None:
-    """Write ``obj`` as JSON next to ``path``, fsync it, then rename over ``path``: no partial file."""
-    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")

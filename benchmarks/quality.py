@@ -2,8 +2,8 @@
 
 Both models have the same width, depth, heads and patch (4 at 32 px); the twin has timm ViT blocks
 (MLP ratio 4) in place of CRATE layers, and as many decoder layers as CRATE-MAE. Both are pretrained
-for the same number of steps with the same recipe (``whitebox.train.pretrain``, norm-pix loss), then
-probed on frozen features (``whitebox.train.linprobe``). Prints accuracy, parameters and images/s.
+for the same number of steps with the same recipe (``recipes/pretrain.py``, norm-pix loss), then
+probed on frozen features (``recipes/linprobe.py``). Prints accuracy, parameters and images/s.
 
     python benchmarks/quality.py                      # CPU: small models on cifar10_small.npz, a few minutes
     python benchmarks/quality.py --device cuda        # GPU: width 192, depth 12, 50k JPEG CIFAR-10, ~5 min on an H100
@@ -26,10 +26,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from recipes.linprobe import main as linprobe  # noqa: E402
+from recipes.pretrain import main as pretrain  # noqa: E402
 from whitebox.train import read_jsonl  # noqa: E402
 from whitebox.train.distributed import resolve_device  # noqa: E402
-from whitebox.train.linprobe import main as linprobe  # noqa: E402
-from whitebox.train.pretrain import main as pretrain  # noqa: E402
 
 PRESETS = {
     # ~2-4 minutes on 2 CPU cores

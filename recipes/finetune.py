@@ -1,20 +1,271 @@
-"""Fine-tune an encoder for classification (MAE recipe: layer-wise lr decay, mixup/cutmix, RandAugment).
+"""Fine-tune an encoder for classification (the MAE fine-tuning recipe).
 
     python recipes/finetune.py --checkpoint output/pretrain/checkpoint-last.pth --data ../shared/data/cifar10_small.npz
     torchrun --nproc_per_node 8 recipes/finetune.py --model crate_base --pretrained --data /path/to/imagenet
 
-All logic lives in ``whitebox.train.finetune`` (see ``--help``).
+AdamW(0.9, 0.999), ``lr = blr * effective_batch / 256`` with layer-wise decay (block i of L gets
+``lr * decay^(L + 1 - i)``, groups from the model's ``group_matcher``), per-step warmup then cosine,
+label smoothing, mixup / cutmix and RandAugment from timm, drop path; DistributedDataParallel under
+``torchrun``. The loop, checkpoints (best by test top-1), exact resume and the output folder's lock
+are ``whitebox.train.TrainLoop``'s. timm's augmentations draw from the global RNG, which checkpoints
+keep per rank, so a resumed run continues the same random stream.
 """
 
+from __future__ import annotations
+
+import argparse
+import contextlib
 import sys
 from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
 
 try:
     import whitebox  # noqa: F401
 except ImportError:  # a checkout without `pip install -e .`: use the library next to this file
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from whitebox.train.finetune import main
+from whitebox.train import (
+    EvalTransform,
+    ResumableBatchSampler,
+    RunFolder,
+    SeededDataset,
+    TrainLoop,
+    all_reduce_mean,
+    build_dataset,
+    cleanup_distributed,
+    init_distributed,
+    make_loader,
+    scaled_lr,
+    set_lr,
+    warmup_cosine,
+)
+from whitebox.train.checkpoint import seed_everything
+from whitebox.train.common import (
+    add_model_shape_args,
+    add_run_args,
+    amp_context,
+    check_positive,
+    count_params,
+    load_encoder,
+    model_kwargs_from_args,
+    resolve_precision,
+)
+from whitebox.train.data import IMAGENET_MEAN, IMAGENET_STD, dataset_labels
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description="Fine-tune an encoder: a registered model (--pretrained) or a pretrain.py checkpoint",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--model", default=None, help="registered model (read from --checkpoint when it is pretrain.py's)")
+    p.add_argument("--checkpoint", default=None, help="checkpoint from pretrain.py, or a weights file for --model")
+    p.add_argument("--pretrained", action="store_true")
+    add_model_shape_args(p)
+    p.add_argument("--global-pool", default="avg", choices=("token", "avg"))
+    p.add_argument("--drop-path", type=float, default=0.1)
+    p.add_argument("--data", required=True, help="labelled data: .npz, image folder or 'cifar10'")
+    p.add_argument("--test-data", default=None, help="a file or folder of test images (default: test split of --data)")
+    p.add_argument("--train-split", default="train")
+    p.add_argument("--test-split", default="test")
+    p.add_argument("--download", action="store_true")
+    p.add_argument("--data-root", default="data")
+    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--batch-size", type=int, default=64, help="per rank")
+    p.add_argument("--accum-iter", type=int, default=1)
+    p.add_argument("--blr", type=float, default=1e-3)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--min-lr", type=float, default=1e-6)
+    p.add_argument("--layer-decay", type=float, default=0.75)
+    p.add_argument("--weight-decay", type=float, default=0.05)
+    p.add_argument("--warmup-epochs", type=float, default=5)
+    p.add_argument("--clip-grad", type=float, default=None)
+    p.add_argument("--smoothing", type=float, default=0.1)
+    p.add_argument("--mixup", type=float, default=0.8)
+    p.add_argument("--cutmix", type=float, default=1.0)
+    p.add_argument(
+        "--aa",
+        default="rand-m9-mstd0.5-inc1-mmax9",
+        help="timm auto-augment policy ('' for none); MAE's rand-m9-mstd0.5-inc1 capped at magnitude 9, because "
+        "magnitude 10 asks Pillow >= 12 to posterize to 0 bits, which it refuses",
+    )
+    p.add_argument("--reprob", type=float, default=0.25, help="random erasing probability")
+    add_run_args(p, output="output/finetune", log_every=20)
+    return p
+
+
+class Finetuning(TrainLoop):
+    """An encoder with a new head on labelled images; a step is the classification loss on mixed-up,
+    augmented batches, the evaluation top-1 / top-5 on the whole test set (best by top-1)."""
+
+    name, score, higher_is_better = "finetune", "top1", True
+
+    def __init__(self, args: argparse.Namespace, dist: Any) -> None:
+        from timm.data import Mixup, create_transform
+        from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+        from timm.optim import param_groups_layer_decay
+
+        super().__init__(args, dist)
+        device = self.device
+        self.precision = resolve_precision(args.precision, device)
+        seed_everything(args.seed + dist.rank)
+        train_base = build_dataset(args.data, args.train_split, args.download, args.data_root)
+        test_split = None if args.test_data else args.test_split  # a file or folder of test images only
+        test_base = build_dataset(args.test_data or args.data, test_split, args.download, args.data_root)
+        train_labels = dataset_labels(train_base, f"--data {args.data}")
+        test_labels = dataset_labels(test_base, f"the test images ({args.test_data or args.data})")
+        self.num_classes = 1 + max(int(train_labels.max()), int(test_labels.max()))
+        torch.manual_seed(args.seed)  # identical head initialisation on every rank
+        encoder, self.model_name, self.model_kwargs = load_encoder(
+            args.model,
+            args.checkpoint,
+            args.pretrained,
+            self.num_classes,
+            args.global_pool,
+            drop_path_rate=args.drop_path,
+            **model_kwargs_from_args(args),
+        )
+        self.model = encoder.to(device)
+        seed_everything(args.seed + dist.rank)  # per-rank augmentation / drop-path randomness; DDP broadcasts weights
+        img_size = self.model.patch_embed.img_size[0]
+        transform = create_transform(
+            input_size=img_size,
+            is_training=True,
+            auto_augment=args.aa or None,
+            interpolation="bicubic",
+            re_prob=args.reprob,
+            re_mode="pixel",
+            re_count=1,
+            mean=IMAGENET_MEAN,
+            std=IMAGENET_STD,
+        )
+        train_set = SeededDataset(train_base, transform, on_bad_image=args.on_bad_image)
+        test_set = SeededDataset(test_base, EvalTransform(img_size), on_bad_image=args.on_bad_image)
+        self.sampler = ResumableBatchSampler(len(train_set), args.batch_size, dist.rank, dist.world_size, args.seed)
+        test_sampler = ResumableBatchSampler(
+            len(test_set), args.batch_size, dist.rank, dist.world_size, shuffle=False, drop_last=False
+        )
+        workers = args.workers if args.workers is not None else (0 if device.type == "cpu" else 8)
+        self.loader = make_loader(train_set, self.sampler, workers, pin_memory=device.type == "cuda")
+        self.test_loader = make_loader(test_set, test_sampler, workers, pin_memory=device.type == "cuda")
+
+        self.effective_batch = args.batch_size * args.accum_iter * dist.world_size
+        self.steps_per_epoch = len(self.sampler) // args.accum_iter
+        if self.steps_per_epoch == 0:
+            raise ValueError(
+                f"{len(train_set)} samples make no optimizer step of {self.effective_batch}; "
+                "lower --batch-size or --accum-iter"
+            )
+        self.total_steps = self.steps_per_epoch * args.epochs
+        self.warmup_steps = round(args.warmup_epochs * self.steps_per_epoch)
+        self.base_lr = args.lr if args.lr is not None else scaled_lr(args.blr, self.effective_batch)
+        groups = param_groups_layer_decay(
+            self.model,
+            args.weight_decay,
+            no_weight_decay_list=self.model.no_weight_decay(),
+            layer_decay=args.layer_decay,
+        )
+        self.optimizer = torch.optim.AdamW(groups, lr=self.base_lr, betas=(0.9, 0.999), fused=device.type == "cuda")
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision == "fp16")
+        self.mixup = None
+        if args.mixup > 0 or args.cutmix > 0:
+            self.mixup = Mixup(
+                mixup_alpha=args.mixup,
+                cutmix_alpha=args.cutmix,
+                label_smoothing=args.smoothing,
+                num_classes=self.num_classes,
+            )
+            self.criterion: nn.Module = SoftTargetCrossEntropy()
+        elif args.smoothing > 0:
+            self.criterion = LabelSmoothingCrossEntropy(args.smoothing)
+        else:
+            self.criterion = nn.CrossEntropyLoss()
+        self.train_model: nn.Module = self.model
+        if dist.distributed:
+            ids = [device.index] if device.type == "cuda" else None
+            self.train_model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        self.model.train()
+
+    def train_step(self, batches: list[dict[str, Any]]) -> torch.Tensor:
+        set_lr(
+            self.optimizer,
+            warmup_cosine(self.step, self.total_steps, self.warmup_steps, self.base_lr, self.args.min_lr),
+        )
+        total = torch.zeros((), device=self.device)
+        for i, batch in enumerate(batches):
+            x = batch["image"].to(self.device, non_blocking=True)
+            y = batch["label"].to(self.device, non_blocking=True)
+            if self.mixup is not None:
+                x, y = self.mixup(x, y)
+            no_sync = self.dist.distributed and i < len(batches) - 1
+            with self.train_model.no_sync() if no_sync else contextlib.nullcontext():
+                with amp_context(self.device, self.precision):
+                    loss = self.criterion(self.train_model(x), y)
+                self.scaler.scale(loss / len(batches)).backward()
+            total += loss.detach()
+        if self.args.clip_grad is not None:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.args.clip_grad)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        return total / len(batches)
+
+    @torch.no_grad()
+    def evaluate(self, epoch_end: bool) -> dict[str, float]:
+        """Top-1 / top-5 over the whole (sharded) test set."""
+        self.model.eval()
+        stats = torch.zeros(3, device=self.device, dtype=torch.float64)  # correct@1, correct@5, count
+        for batch in self.test_loader:
+            x, y = batch["image"].to(self.device), batch["label"].to(self.device)
+            with amp_context(self.device, self.precision):
+                logits = self.model(x)
+            top = logits.float().topk(min(5, logits.shape[1]), dim=1).indices
+            stats[0] += (top[:, 0] == y).sum()
+            stats[1] += (top == y[:, None]).any(1).sum()
+            stats[2] += len(y)
+        stats = all_reduce_mean(stats)  # mean of sums = sums / world; the ratios are unchanged
+        self.model.train()
+        return {"top1": (stats[0] / stats[2]).item(), "top5": (stats[1] / stats[2]).item()}
+
+    def record(self) -> dict[str, Any]:
+        return {"model_name": self.model_name, "model_kwargs": {**self.model_kwargs, "num_classes": self.num_classes}}
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "model_kwargs": self.model_kwargs,
+            "num_classes": self.num_classes,
+            "lr": self.base_lr,
+            "effective_batch": self.effective_batch,
+            "total_steps": self.total_steps,
+            "params": count_params(self.model),
+        }
+
+    def describe(self) -> str:
+        return (
+            f"fine-tune {self.model_name} ({count_params(self.model) / 1e6:.2f}M params) on {self.args.data}: "
+            f"{self.num_classes} classes, batch {self.effective_batch}, lr {self.base_lr:.3g}, {self.total_steps} "
+            f"steps -> {self.args.output}"
+        )
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = build_parser().parse_args(argv)
+    check_positive(args, "epochs", "batch_size", "accum_iter", "log_every")
+    info = init_distributed(args.device)
+    try:
+        with RunFolder(args.output, info):
+            result = Finetuning(args, info).run()
+    finally:
+        cleanup_distributed()
+    if info.is_main:
+        top1, best = 100 * result.get("top1", 0.0), 100 * result["best_top1"]
+        print(f"done: step {result['step']} top-1 {top1:.2f}% (best {best:.2f}%)", file=sys.stderr)
+    return result
+
 
 if __name__ == "__main__":
     main()

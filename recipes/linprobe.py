@@ -3,18 +3,126 @@
     python recipes/linprobe.py --checkpoint output/pretrain/checkpoint-last.pth --data ../shared/data/cifar10_small.npz
     python recipes/linprobe.py --model crate_mae_base --pretrained --data cifar10 --download --img-size 32
 
-All logic lives in ``whitebox.train.linprobe`` (see ``--help``).
+Features are extracted once (``whitebox.train.probe``), then the MAE probe head (a BatchNorm without
+affine parameters and a linear layer) is fitted by full-batch L-BFGS or SGD. Writes ``results.json``
+and ``probe.pth`` into ``--output``, which is locked while the probe runs.
 """
 
+from __future__ import annotations
+
+import argparse
 import sys
 from pathlib import Path
+from typing import Any
+
+import torch
 
 try:
     import whitebox  # noqa: F401
 except ImportError:  # a checkout without `pip install -e .`: use the library next to this file
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from whitebox.train.linprobe import main
+from whitebox.io import write_json
+from whitebox.train import RunFolder, atomic_save, build_dataset
+from whitebox.train.checkpoint import seed_everything
+from whitebox.train.common import (
+    add_model_shape_args,
+    check_positive,
+    load_encoder,
+    model_kwargs_from_args,
+    resolve_precision,
+)
+from whitebox.train.data import BAD_IMAGE_POLICIES
+from whitebox.train.distributed import resolve_device
+from whitebox.train.probe import linear_probe
+from whitebox.train.run import run_args
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description="Linear probe of a frozen encoder: a registered model (--pretrained) or a pretrain.py checkpoint",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--model", default=None, help="registered model (read from --checkpoint when it is pretrain.py's)")
+    p.add_argument("--checkpoint", default=None, help="checkpoint from pretrain.py, or a weights file for --model")
+    p.add_argument("--pretrained", action="store_true", help="load the registered pretrained weights")
+    add_model_shape_args(p)
+    p.add_argument("--data", required=True, help="labelled data: .npz, image folder or 'cifar10'")
+    p.add_argument("--test-data", default=None, help="a file or folder of labelled test images (default: test split)")
+    p.add_argument("--train-split", default="train")
+    p.add_argument("--test-split", default="test")
+    p.add_argument("--download", action="store_true")
+    p.add_argument("--data-root", default="data")
+    p.add_argument("--max-train", type=int, default=None, help="use a seeded random subset of N training images")
+    p.add_argument("--pool", default="token", choices=("token", "avg"), help="class token or mean of patch tokens")
+    p.add_argument("--layer", type=int, default=None, help="block index for intermediate features (default: last)")
+    p.add_argument("--crop-pct", type=float, default=1.0, help="evaluation centre-crop fraction")
+    p.add_argument("--solver", default="lbfgs", choices=("lbfgs", "sgd"))
+    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--max-iter", type=int, default=300, help="L-BFGS iterations")
+    p.add_argument("--epochs", type=int, default=90, help="sgd epochs")
+    p.add_argument("--lr", type=float, default=0.1, help="sgd lr")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--on-bad-image", default="skip", choices=BAD_IMAGE_POLICIES)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--precision", default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--output", default="output/linprobe")
+    return p
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = build_parser().parse_args(argv)
+    check_positive(args, "batch_size", "max_train", "max_iter", "epochs")
+    with RunFolder(args.output) as out:
+        seed_everything(args.seed)
+        device = resolve_device(args.device)
+        encoder, model_name, model_kwargs = load_encoder(
+            args.model, args.checkpoint, args.pretrained, **model_kwargs_from_args(args)
+        )
+        train_set = build_dataset(args.data, args.train_split, args.download, args.data_root)
+        if args.max_train:
+            # a seeded random subset: folders list their images class by class, so a prefix would drop classes
+            g = torch.Generator().manual_seed(args.seed)
+            keep = torch.randperm(len(train_set), generator=g)[: args.max_train].sort().values.tolist()
+            train_set = torch.utils.data.Subset(train_set, keep)
+        test_split = None if args.test_data else args.test_split  # a file or folder of test images only
+        test_set = build_dataset(args.test_data or args.data, test_split, args.download, args.data_root)
+        result = linear_probe(
+            encoder,
+            train_set,
+            test_set,
+            encoder.patch_embed.img_size[0],
+            pool=args.pool,
+            layer=args.layer,
+            solver=args.solver,
+            device=device,
+            precision=resolve_precision(args.precision, device),
+            batch_size=args.batch_size,
+            workers=args.workers,
+            weight_decay=args.weight_decay,
+            max_iter=args.max_iter,
+            epochs=args.epochs,
+            lr=args.lr,
+            seed=args.seed,
+            crop_pct=args.crop_pct,
+            on_bad_image=args.on_bad_image,
+        )
+        probe = result.pop("probe")
+        atomic_save({"probe": probe.state_dict(), "args": run_args(args)}, out / "probe.pth")
+        write_json(
+            {**result, "args": vars(args), "model": model_name, "model_kwargs": model_kwargs}, out / "results.json"
+        )
+    print(
+        f"linear probe top-1 {100 * result['top1']:.2f}% (train {100 * result['train_top1']:.2f}%) on "
+        f"{result['num_test']} test images | {result['feature_dim']}-d features, {args.pool} pool, "
+        f"layer {args.layer if args.layer is not None else 'last'} | extract {result['extract_s']:.1f} s, "
+        f"fit {result['fit_s']:.1f} s",
+        file=sys.stderr,
+    )
+    return result
+
 
 if __name__ == "__main__":
     main()

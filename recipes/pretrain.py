@@ -4,18 +4,365 @@
     python recipes/pretrain.py --model crate_mae_base --data /path/to/imagenet --epochs 400
     torchrun --nproc_per_node 8 recipes/pretrain.py --model crate_mae_base --data /path/to/imagenet
 
-All logic lives in ``whitebox.train.pretrain`` (see ``--help``).
+The recipe of facebookresearch/mae: AdamW(0.9, 0.95), ``lr = blr * effective_batch / 256``, per-step
+linear warmup then cosine, no weight decay on norms, biases, tokens and position tables,
+RandomResizedCrop(0.2-1) + flip; DistributedDataParallel, or FSDP2 with ``--fsdp``. The loop,
+checkpoints, exact resume and the output folder's lock are ``whitebox.train.TrainLoop``'s; samples
+and masks are seeded per sample (``whitebox.train.data``), so a resumed run equals an uninterrupted one.
 """
 
+from __future__ import annotations
+
+import argparse
+import contextlib
 import sys
+import warnings
 from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
 
 try:
-    import whitebox  # noqa: F401
+    import whitebox
 except ImportError:  # a checkout without `pip install -e .`: use the library next to this file
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    import whitebox
 
-from whitebox.train.pretrain import main
+from whitebox.analysis import reconstruction_grid
+from whitebox.train import (
+    MAEAugment,
+    ResumableBatchSampler,
+    RunFolder,
+    SeededDataset,
+    TrainLoop,
+    build_dataset,
+    cleanup_distributed,
+    init_distributed,
+    make_loader,
+    param_groups_weight_decay,
+    scaled_lr,
+    set_lr,
+    warmup_cosine,
+)
+from whitebox.train.checkpoint import seed_everything
+from whitebox.train.common import (
+    add_model_shape_args,
+    add_run_args,
+    amp_context,
+    check_model_name,
+    check_positive,
+    count_params,
+    model_kwargs_from_args,
+    resolve_precision,
+)
+from whitebox.train.data import fixed_batch
+
+# What ``python recipes/pretrain.py`` with no data argument trains: a small CRATE-MAE on the bundled
+# photos, about a minute on two CPU cores. Flags given on the command line win.
+DEMO_DEFAULTS = dict(
+    img_size=32,
+    patch_size=4,
+    embed_dim=96,
+    depth=4,
+    num_heads=4,
+    epochs=8,
+    batch_size=32,
+    warmup_epochs=1,
+    samples_per_epoch=768,
+    blr=4.0e-3,
+)
+DEFAULTS = dict(epochs=400, batch_size=64, warmup_epochs=40.0, samples_per_epoch=1024, blr=1.5e-4)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description="MAE pretraining for any registered masked autoencoder (CRATE-MAE, ViT-MAE). With no --data "
+        "it trains a small demo CRATE-MAE on photos bundled with scikit-image: " + str(DEMO_DEFAULTS),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--model", default="crate_mae_tiny", help="registered MAE model name")
+    add_model_shape_args(p)
+    p.add_argument("--mask-ratio", type=float, default=0.75)
+    p.add_argument("--norm-pix-loss", action="store_true", help="regress per-patch normalised pixels")
+    d = p.add_argument_group("data")
+    d.add_argument(
+        "--data", default=None, help="image folder, .npz (arrays or JPEG pack), 'cifar10'; unset: bundled photos"
+    )
+    d.add_argument("--split", default="train")
+    d.add_argument("--download", action="store_true", help="let torchvision download CIFAR-10 into --data-root")
+    d.add_argument("--data-root", default="data", help="where --data cifar10 lives")
+    d.add_argument("--samples-per-epoch", type=int, default=None, help="epoch length for the bundled photos")
+    o = p.add_argument_group("optimisation")
+    o.add_argument("--epochs", type=int, default=None, help="(default 400)")
+    o.add_argument("--steps", type=int, default=None, help="optimizer steps in all (overrides --epochs)")
+    o.add_argument("--batch-size", type=int, default=None, help="per rank and micro-step (default 64)")
+    o.add_argument("--accum-iter", type=int, default=1, help="gradient accumulation steps")
+    o.add_argument("--blr", type=float, default=None, help="base lr; lr = blr * effective batch / 256 (default 1.5e-4)")
+    o.add_argument("--lr", type=float, default=None, help="absolute lr (overrides --blr)")
+    o.add_argument("--min-lr", type=float, default=0.0)
+    o.add_argument("--warmup-epochs", type=float, default=None, help="(default 40)")
+    o.add_argument("--warmup-steps", type=int, default=None, help="overrides --warmup-epochs")
+    o.add_argument("--weight-decay", type=float, default=0.05)
+    o.add_argument("--clip-grad", type=float, default=None, help="max global grad norm")
+    r = add_run_args(p, output="output/pretrain")
+    r.add_argument(
+        "--threads", type=int, default=None, help="CPU threads per process (1 avoids spin-waits on a busy CPU)"
+    )
+    r.add_argument("--compile", action="store_true", help="torch.compile the model")
+    r.add_argument("--grad-checkpointing", action="store_true")
+    r.add_argument("--fsdp", action="store_true", help="shard parameters, gradients and optimizer state (FSDP2)")
+    r.add_argument("--grid-every", type=int, default=0, help="also write a reconstruction grid every N steps")
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    args = build_parser().parse_args(argv)
+    args.demo = args.data is None
+    demo = dict(DEMO_DEFAULTS)
+    if args.model != build_parser().get_default("model"):  # a named variant keeps its own architecture
+        for key in ("img_size", "patch_size", "embed_dim", "depth", "num_heads"):
+            demo.pop(key)
+    for defaults in (demo, DEFAULTS) if args.demo else (DEFAULTS,):
+        for key, value in defaults.items():
+            if getattr(args, key) is None:
+                setattr(args, key, value)
+    check_positive(args, "epochs", "batch_size", "accum_iter", "log_every", "steps", "samples_per_epoch")
+    return args
+
+
+class MAEPretraining(TrainLoop):
+    """A masked autoencoder, its data and optimizer; a step is MAE's loss on seeded masks, the evaluation
+    the loss on a fixed probe batch with fixed masks (which picks the best checkpoint)."""
+
+    name, score, higher_is_better = "pretrain", "probe_loss", False
+
+    def __init__(self, args: argparse.Namespace, dist: Any) -> None:
+        super().__init__(args, dist)
+        self.precision = resolve_precision(args.precision, self.device)
+        seed_everything(args.seed + dist.rank)
+        if self.device.type == "cuda":  # TF32 matmuls for any fp32 work, tuned convolutions
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+            torch.backends.cudnn.benchmark = True
+        check_model_name(args.model)
+        self.model_kwargs = {
+            **model_kwargs_from_args(args),
+            "mask_ratio": args.mask_ratio,
+            "norm_pix_loss": args.norm_pix_loss,
+        }
+        torch.manual_seed(args.seed)  # identical initial weights on every rank
+        not_mae = f"{args.model} is not a masked autoencoder; pretrain.py trains *_mae_* models"
+        try:
+            model = whitebox.create_model(args.model, **self.model_kwargs)
+        except TypeError as err:  # a supervised model refuses the MAE arguments
+            if "mask_ratio" in str(err):
+                raise ValueError(not_mae) from err
+            raise
+        if not isinstance(model, whitebox.models.MaskedAutoencoder):
+            raise ValueError(not_mae)
+        if args.grad_checkpointing:
+            model.set_grad_checkpointing(True)
+        self.model = model.to(self.device)
+        patch_embed = model.encoder.patch_embed
+        self.img_size, self.num_patches = patch_embed.img_size[0], patch_embed.num_patches
+
+        base = build_dataset(args.data, args.split, args.download, args.data_root, args.samples_per_epoch)
+        self.dataset = SeededDataset(base, MAEAugment(self.img_size), self.num_patches, args.on_bad_image)
+        self.sampler = ResumableBatchSampler(len(base), args.batch_size, dist.rank, dist.world_size, seed=args.seed)
+        workers = args.workers if args.workers is not None else (0 if self.device.type == "cpu" else 8)
+        self.loader = make_loader(self.dataset, self.sampler, workers, pin_memory=self.device.type == "cuda")
+        self.probe_imgs, self.probe_noise = fixed_batch(
+            base, 32, self.img_size, self.num_patches, args.seed, args.on_bad_image
+        )
+
+        self.effective_batch = args.batch_size * args.accum_iter * dist.world_size
+        self.steps_per_epoch = len(base) // (args.batch_size * dist.world_size) // args.accum_iter
+        if self.steps_per_epoch == 0:
+            raise ValueError(
+                f"{len(base)} samples make no full optimizer step of {self.effective_batch}; "
+                "lower --batch-size or --accum-iter"
+            )
+        self.total_steps = args.steps if args.steps is not None else self.steps_per_epoch * args.epochs
+        self.warmup_steps = (
+            args.warmup_steps if args.warmup_steps is not None else round(args.warmup_epochs * self.steps_per_epoch)
+        )
+        if self.warmup_steps >= self.total_steps:
+            warnings.warn(
+                f"warmup ({self.warmup_steps} steps) >= the run ({self.total_steps} steps): the lr never reaches "
+                "its peak; set --warmup-steps or --warmup-epochs",
+                stacklevel=2,
+            )
+        self.base_lr = args.lr if args.lr is not None else scaled_lr(args.blr, self.effective_batch)
+
+        self.train_model: nn.Module = self.model
+        if args.fsdp:
+            self._shard()  # in place: parameters become sharded DTensors with the same names
+        elif dist.distributed:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.train_model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        # parameter groups by name (fully_shard keeps names), so no_weight_decay() applies
+        groups = param_groups_weight_decay(self.model, args.weight_decay)
+        fused = self.device.type == "cuda" and not args.fsdp
+        self.optimizer = torch.optim.AdamW(groups, lr=self.base_lr, betas=(0.9, 0.95), fused=fused)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+        if args.compile:
+            self.train_model = torch.compile(self.train_model)
+
+    def _shard(self) -> None:
+        """FSDP2: shard every encoder and decoder block, then the rest; bf16 compute when asked."""
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+        # MAEOutput.pred is a slice; nothing here modifies the outputs in place, which is what this warns about
+        warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
+        if self.precision == "fp16":
+            raise ValueError("--fsdp supports --precision bf16 or fp32")
+        policy = MixedPrecisionPolicy(
+            param_dtype=torch.bfloat16 if self.precision == "bf16" else None, reduce_dtype=torch.float32
+        )
+        for block in [*self.model.encoder.blocks, *self.model.decoder_blocks]:
+            fully_shard(block, mp_policy=policy)
+        fully_shard(self.model, mp_policy=policy)
+
+    # ----------------------------------------------------------------------------- checkpoints
+    def state_dicts(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Full (unsharded) model and optimizer state; a collective under FSDP (every rank calls it)."""
+        if not self.args.fsdp:
+            return super().state_dicts()
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        return get_state_dict(self.model, self.optimizer, options=options)
+
+    def load_state_dicts(self, ckpt: dict[str, Any]) -> None:
+        if not self.args.fsdp:
+            return super().load_state_dicts(ckpt)
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+        set_state_dict(
+            self.model,
+            self.optimizer,
+            model_state_dict=ckpt["model"],
+            optim_state_dict=ckpt["optimizer"],
+            options=StateDictOptions(full_state_dict=True),
+        )
+
+    def record(self) -> dict[str, Any]:
+        return {"model_name": self.args.model, "model_kwargs": self.model_kwargs, "fsdp": bool(self.args.fsdp)}
+
+    def check_resume(self, ckpt: dict[str, Any], path: Path) -> None:
+        if ckpt.get("model_name") != self.args.model:
+            raise ValueError(f"{path} was trained as {ckpt.get('model_name')!r}, not --model {self.args.model!r}")
+        if bool(ckpt.get("fsdp", False)) != bool(self.args.fsdp):
+            raise ValueError(
+                f"{path} was written {'with' if ckpt.get('fsdp') else 'without'} --fsdp; resume the same way"
+            )
+
+    # ----------------------------------------------------------------------------- step and evaluation
+    def train_step(self, batches: list[dict[str, Any]]) -> torch.Tensor:
+        set_lr(
+            self.optimizer,
+            warmup_cosine(self.step, self.total_steps, self.warmup_steps, self.base_lr, self.args.min_lr),
+        )
+        total = torch.zeros((), device=self.device)
+        for i, batch in enumerate(batches):
+            imgs = batch["image"].to(self.device, non_blocking=True)
+            noise = batch["noise"].to(self.device, non_blocking=True)
+            last = i == len(batches) - 1
+            sync = contextlib.nullcontext()
+            if self.args.fsdp:
+                self.model.set_requires_gradient_sync(last)  # reduce-scatter only on the last micro-batch
+            elif self.dist.distributed and not last:
+                sync = getattr(self.train_model, "_orig_mod", self.train_model).no_sync()
+            with sync:
+                with amp_context(self.device, self.precision):
+                    loss = self.train_model(imgs, mask_ratio=self.args.mask_ratio, noise=noise).loss
+                self.scaler.scale(loss / len(batches)).backward()
+            total += loss.detach()
+        if self.args.clip_grad is not None:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.args.clip_grad)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        return total / len(batches)
+
+    @torch.no_grad()
+    def evaluate(self, epoch_end: bool) -> dict[str, float]:
+        """Loss on a fixed batch with fixed masks, comparable across steps; the grid at epoch ends."""
+        was_training = self.model.training
+        self.model.eval()
+        imgs, noise = self.probe_imgs.to(self.device), self.probe_noise.to(self.device)
+        with amp_context(self.device, self.precision):
+            loss = float(self.model(imgs, noise=noise).loss)
+        self.model.train(was_training)
+        if epoch_end:
+            self.write_grid()
+        return {"probe_loss": loss}
+
+    def write_grid(self) -> None:
+        """Reconstructions of the probe batch (every rank runs the model: a collective under FSDP)."""
+        path = self.out / f"reconstruction_step{self.step:07d}.png"
+        grid = reconstruction_grid(
+            self.model,
+            self.probe_imgs[:8],
+            noise=self.probe_noise[:8],
+            scale=max(1, 128 // self.img_size),
+            path=path if self.dist.is_main else None,
+        )
+        if self.dist.is_main:
+            from whitebox.analysis import save_png
+
+            save_png(grid, self.out / "reconstruction_latest.png")
+
+    def on_step(self) -> None:
+        every = self.args.grid_every
+        if every and self.step % every == 0 and self.step % self.steps_per_epoch:
+            self.write_grid()
+
+    # ----------------------------------------------------------------------------- reporting
+    def summary(self) -> dict[str, Any]:
+        return {
+            "model_kwargs": self.model_kwargs,
+            "params": count_params(self.model),
+            "world_size": self.dist.world_size,
+            "device": str(self.device),
+            "precision": self.precision,
+            "effective_batch": self.effective_batch,
+            "lr": self.base_lr,
+            "steps_per_epoch": self.steps_per_epoch,
+            "total_steps": self.total_steps,
+            "warmup_steps": self.warmup_steps,
+            "torch": torch.__version__,
+        }
+
+    def describe(self) -> str:
+        data = self.args.data or "bundled sample photos (demo run; pass --data for real training)"
+        return (
+            f"{self.args.model} {self.model_kwargs} | {count_params(self.model) / 1e6:.2f}M params | data: {data} "
+            f"({len(self.dataset)} images) | {self.dist.world_size} x {self.device} {self.precision} | "
+            f"batch {self.effective_batch}, lr {self.base_lr:.3g}, {self.total_steps} steps "
+            f"({self.steps_per_epoch}/epoch, warmup {self.warmup_steps}) -> {self.args.output}"
+        )
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    info = init_distributed(args.device)
+    try:
+        with RunFolder(args.output, info):
+            result = MAEPretraining(args, info).run()
+    finally:
+        cleanup_distributed()
+    if info.is_main:
+        print(
+            f"done: step {result['step']} loss {result.get('loss', float('nan')):.4f} best probe loss "
+            f"{result['best_probe_loss']:.4f} | {result['mean_images_per_s']:.1f} images/s | {result['wall_s']:.1f} s",
+            file=sys.stderr,
+        )
+    return result
+
 
 if __name__ == "__main__":
     main()

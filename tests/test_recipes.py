@@ -13,11 +13,11 @@ import pytest
 import torch
 from PIL import Image
 
+from recipes.finetune import main as finetune
+from recipes.linprobe import main as linprobe
+from recipes.pretrain import DEMO_DEFAULTS
+from recipes.pretrain import main as pretrain
 from whitebox.train import load_checkpoint_file, read_jsonl
-from whitebox.train.finetune import main as finetune
-from whitebox.train.linprobe import main as linprobe
-from whitebox.train.pretrain import DEMO_DEFAULTS
-from whitebox.train.pretrain import main as pretrain
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -74,7 +74,8 @@ def test_epoch_end_writes_reconstruction_grid_and_eval(tmp_path):
     out = tmp_path / "run"
     pretrain(["--output", str(out), "--epochs", "1", "--samples-per-epoch", "32", "--batch-size", "16", *TINY])
     grid = Image.open(out / "reconstruction_latest.png")
-    assert grid.size[0] > grid.size[1] > 0 and (out / "reconstruction_step0000002.png").is_file()
+    # a row per probe image (8), 32-px tiles enlarged 4x: masked / reconstruction / pasted / original
+    assert grid.size == (4 * 128 + 3 * 2, 8 * 128 + 7 * 2) and (out / "reconstruction_step0000002.png").is_file()
     assert read_jsonl(out / "eval.jsonl")[0]["step"] == 2
 
 

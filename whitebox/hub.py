@@ -17,7 +17,7 @@ from typing import Any
 import timm.models
 from torch import nn
 
-from ._atomic import fsync_dir
+from .io import fsync_dir
 
 __all__ = ["model_card", "push_to_hub", "save_pretrained"]
 

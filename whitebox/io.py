@@ -1,16 +1,23 @@
-"""Atomic file writes: a crash or ``kill -9`` leaves the old file or the new one, never half of one.
+"""Files written whole or not at all: a crash, ``kill -9`` or a full disk leaves the old file or the new one.
 
-The new content goes to a temporary file in the target's folder (named ``.NAME.*.tmp``), is
-fsync'ed, then ``os.replace``'d over the target (atomic on POSIX), and the folder is fsync'ed.
+The new content goes to a temporary file in the target's folder (``.NAME.*.tmp``), is fsync'ed,
+then ``os.replace``'d over the target (atomic on POSIX), and the folder is fsync'ed. A write that
+fails (a full disk, a quota) removes its temporary file and says which file, why, and how much
+space is left; the previous file is untouched.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+
+__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "fsync_dir", "jsonable", "write_json"]
 
 
 def _read_umask() -> int:
@@ -46,6 +53,13 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as err:  # torch.save reports a full disk as a RuntimeError
+        Path(tmp).unlink(missing_ok=True)
+        free = shutil.disk_usage(path.parent).free
+        raise OSError(
+            f"could not write {path}: {err} ({free / 2**20:.1f} MiB free on that file system; a full disk or a "
+            "quota?). The previous file, if any, is unchanged."
+        ) from err
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -62,3 +76,19 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8", newline="")
     return Path(path)
+
+
+def jsonable(obj: Any) -> Any:
+    """Plain JSON values (paths and other objects as strings)."""
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    return str(obj)
+
+
+def write_json(obj: Any, path: str | os.PathLike[str]) -> Path:
+    """``obj`` as indented JSON, atomically."""
+    return atomic_write_text(path, json.dumps(jsonable(obj), indent=2) + "\n")

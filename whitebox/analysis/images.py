@@ -8,11 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from .._atomic import atomic_path, atomic_write_text
+from ..io import atomic_path, atomic_write_text
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGENET_MEAN = IMAGENET_DEFAULT_MEAN  # timm's, the one definition
+IMAGENET_STD = IMAGENET_DEFAULT_STD
 
 __all__ = [
     "IMAGENET_MEAN",

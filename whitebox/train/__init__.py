@@ -1,11 +1,13 @@
-"""Training support shared by the recipes: schedules, checkpoints, distributed set-up, data, logging.
+"""The tested pieces the training recipes in ``recipes/`` are built from.
 
-The recipes in ``recipes/`` are thin wrappers around ``whitebox.train.pretrain``,
-``whitebox.train.linprobe`` and ``whitebox.train.finetune``.
+``TrainLoop`` and ``RunFolder`` (the shared loop, checkpoints, resume and the output folder's lock),
+datasets and seeded transforms, a resumable rank-aware sampler, schedules, parameter groups,
+atomic checkpoints with RNG state, distributed set-up, metric logs, and the linear probe.
 """
 
-from .checkpoint import atomic_save, atomic_write_bytes, get_rng_state, load_checkpoint_file, set_rng_state
+from .checkpoint import atomic_save, find_resume, get_rng_state, load_checkpoint_file, set_rng_state
 from .data import (
+    BadImageError,
     EvalTransform,
     MAEAugment,
     ResumableBatchSampler,
@@ -17,21 +19,25 @@ from .data import (
 from .distributed import DistInfo, all_reduce_mean, cleanup_distributed, init_distributed
 from .logger import MetricsLogger, read_jsonl
 from .optim import param_groups_weight_decay
+from .run import FolderInUseError, RunFolder, TrainLoop
 from .schedule import scaled_lr, set_lr, warmup_cosine
-from .visualize import reconstruction_grid
 
 __all__ = [
+    "BadImageError",
     "DistInfo",
     "EvalTransform",
+    "FolderInUseError",
     "MAEAugment",
     "MetricsLogger",
     "ResumableBatchSampler",
+    "RunFolder",
     "SeededDataset",
+    "TrainLoop",
     "all_reduce_mean",
     "atomic_save",
-    "atomic_write_bytes",
     "build_dataset",
     "cleanup_distributed",
+    "find_resume",
     "get_rng_state",
     "init_distributed",
     "load_checkpoint_file",
@@ -39,7 +45,6 @@ __all__ = [
     "make_loader",
     "param_groups_weight_decay",
     "read_jsonl",
-    "reconstruction_grid",
     "scaled_lr",
     "set_lr",
     "set_rng_state",

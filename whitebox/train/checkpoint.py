@@ -1,25 +1,37 @@
-"""Checkpoint I/O that never leaves a corrupt file, and RNG state as plain tensors.
+"""Training checkpoints: written atomically, read without running code, and chosen for ``--resume auto``.
 
-Writes go to a temporary file in the target's directory, are flushed and fsync'ed, then
-``os.replace``'d over the target (atomic on POSIX), and the directory is fsync'ed. A crash or
-``kill -9`` at any moment leaves either the old file or the new one, never half of one.
 Checkpoints hold only tensors, numbers, strings, lists and dicts, so they load with
-``torch.load(weights_only=True)``: loading never runs code.
+``torch.load(weights_only=True)``; a damaged or foreign file is an error that names it. RNG state
+is stored as plain tensors and lists.
 """
 
 from __future__ import annotations
 
 import os
 import random
+import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from .._atomic import atomic_path, atomic_write_bytes
+from registry import read_checkpoint
 
-__all__ = ["atomic_save", "atomic_write_bytes", "load_checkpoint_file", "remove_stale_temps"]
+from ..io import atomic_path
+
+__all__ = [
+    "CHECKPOINT_NAMES",
+    "atomic_save",
+    "find_resume",
+    "get_rng_state",
+    "load_checkpoint_file",
+    "remove_stale_temps",
+    "seed_everything",
+    "set_rng_state",
+]
+
+CHECKPOINT_NAMES = ("checkpoint-last.pth", "checkpoint-best.pth")
 
 
 def atomic_save(obj: Any, path: str | os.PathLike[str]) -> None:
@@ -31,7 +43,7 @@ def atomic_save(obj: Any, path: str | os.PathLike[str]) -> None:
 def remove_stale_temps(path: str | os.PathLike[str]) -> list[Path]:
     """Delete temporary files a killed writer of ``path`` left behind; returns what was removed.
 
-    Only call this where one process writes ``path`` (a concurrent writer's temp file would go too).
+    Only call this where one process writes ``path`` (the run folder's lock makes sure of it).
     """
     path = Path(path)
     stale = list(path.parent.glob(f".{path.name}.*.tmp")) if path.parent.is_dir() else []
@@ -41,14 +53,49 @@ def remove_stale_temps(path: str | os.PathLike[str]) -> list[Path]:
 
 
 def load_checkpoint_file(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read a training checkpoint with ``weights_only=True`` (no code runs)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    """A training checkpoint (a dict), read with ``weights_only=True``; errors name the file and the problem."""
+    obj = read_checkpoint(path)
     if not isinstance(obj, dict):
-        raise ValueError(f"{path} is not a training checkpoint (a dict), got {type(obj).__name__}")
+        raise ValueError(f"{path} is not a training checkpoint (a dict), it holds a {type(obj).__name__}")
     return obj
+
+
+def _resumable(path: str | os.PathLike[str]) -> dict[str, Any]:
+    ckpt = load_checkpoint_file(path)
+    if missing := [k for k in ("model", "optimizer", "step", "rng") if k not in ckpt]:
+        raise ValueError(f"{path} is not a checkpoint of a training run (it lacks {missing}); it cannot be resumed")
+    return ckpt
+
+
+def find_resume(output: str | os.PathLike[str], resume: str | None) -> tuple[Path | None, dict[str, Any] | None]:
+    """The checkpoint to resume from, loaded: a given path, or for ``'auto'`` the newest loadable one in ``output``.
+
+    ``'auto'`` reads ``checkpoint-last.pth`` and ``checkpoint-best.pth`` and takes the one with the
+    higher step (best is newer than last when a run died between writing the two); a file that does
+    not load is skipped with a message naming it. No checkpoint at all starts a new run.
+    """
+    if not resume:
+        return None, None
+    if resume != "auto":
+        return Path(resume), _resumable(resume)
+    found, problems = [], []
+    for name in CHECKPOINT_NAMES:
+        path = Path(output) / name
+        if not path.exists():
+            continue
+        try:
+            found.append((path, _resumable(path)))
+        except (OSError, ValueError) as err:
+            problems.append(f"{path}: {err}")
+    for problem in problems:
+        print(f"resume: skipped {problem}", file=sys.stderr)
+    if not found:
+        if problems:
+            raise ValueError("--resume auto: no checkpoint in the output folder loads:\n" + "\n".join(problems))
+        return None, None
+    path, ckpt = max(found, key=lambda pc: int(pc[1].get("step", -1)))
+    print(f"resume: from {path} (step {ckpt.get('step')})", file=sys.stderr)
+    return path, ckpt
 
 
 # ----------------------------------------------------------------------------- RNG state

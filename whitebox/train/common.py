@@ -1,12 +1,10 @@
-"""Pieces the recipes share: model building from names/checkpoints, autocast, JSON-safe args."""
+"""Pieces the recipes share: their common flags, model building from names and checkpoints, autocast."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
 import json
-import os
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -14,7 +12,7 @@ from torch import nn
 
 from registry import checkpoint_model, create_model, is_model, load_state_dict, read_checkpoint, unwrap_state_dict
 
-from .checkpoint import atomic_write_bytes
+from .data import BAD_IMAGE_POLICIES
 
 MODEL_SHAPE_FLAGS = ("img_size", "patch_size", "embed_dim", "depth", "num_heads", "decoder_depth", "decoder_num_heads")
 
@@ -32,6 +30,39 @@ def add_model_shape_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--model-kwargs", type=json.loads, default=None, help="extra model kwargs as JSON, e.g. '{\"lambd\": 5.0}'"
     )
+
+
+def add_run_args(parser: argparse.ArgumentParser, output: str, log_every: int = 10) -> argparse._ArgumentGroup:
+    """The flags of a training run: output folder, resume, seed, device, precision, logging, data loading."""
+    r = parser.add_argument_group("run")
+    r.add_argument("--output", default=output, help="output folder (one run at a time: it is locked while in use)")
+    r.add_argument("--resume", default=None, help="a checkpoint, or 'auto': the newest loadable one in --output")
+    r.add_argument(
+        "--force-resume", action="store_true", help="resume even where data, seed or schedule differ (warns)"
+    )
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    r.add_argument("--precision", default="auto", help="auto (bf16 on GPU, fp32 on CPU), fp32, bf16, fp16")
+    r.add_argument("--workers", type=int, default=None, help="loader processes per rank (default: 0 on CPU, 8 on GPU)")
+    r.add_argument(
+        "--on-bad-image",
+        default="skip",
+        choices=BAD_IMAGE_POLICIES,
+        help="an unreadable image: skip it with a warning naming it (counted at the epoch end), or stop naming it",
+    )
+    r.add_argument("--log-every", type=int, default=log_every, help="steps per metrics row")
+    r.add_argument("--save-every", type=int, default=0, help="also checkpoint every N steps (0: at epoch ends)")
+    r.add_argument("--stop-after", type=int, default=None, help="checkpoint and stop after this many steps in all")
+    r.add_argument("--no-progress", action="store_true")
+    r.add_argument("--no-tensorboard", action="store_true")
+    return r
+
+
+def check_positive(args: argparse.Namespace, *names: str) -> None:
+    for name in names:
+        value = getattr(args, name, None)
+        if value is not None and value <= 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be positive, got {value}")
 
 
 def model_kwargs_from_args(args: argparse.Namespace) -> dict[str, Any]:
@@ -66,21 +97,6 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     if precision == "fp16" and device.type != "cuda":
         raise ValueError("--precision fp16 needs a CUDA device (use bf16 or fp32 on CPU)")
     return precision
-
-
-def jsonable(obj: Any) -> Any:
-    """Plain JSON values (paths and other objects as strings)."""
-    if isinstance(obj, dict):
-        return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [jsonable(v) for v in obj]
-    if obj is None or isinstance(obj, (bool, int, float, str)):
-        return obj
-    return str(obj)
-
-
-def write_json(obj: Any, path: str | os.PathLike[str]) -> None:
-    atomic_write_bytes(path, (json.dumps(jsonable(obj), indent=2) + "\n").encode())
 
 
 def count_params(model: nn.Module, trainable: bool = False) -> int:
@@ -118,9 +134,3 @@ def load_encoder(
         load_state_dict(encoder if encoder_only else net, state, str(checkpoint))
     encoder.reset_classifier(num_classes, global_pool)
     return encoder, model, kwargs
-
-
-def output_dir(path: str | os.PathLike[str]) -> Path:
-    out = Path(path)
-    out.mkdir(parents=True, exist_ok=True)
-    return out

@@ -9,6 +9,11 @@ Reproducibility: the sampler hands each sample a seed derived from (run seed, ep
 the epoch), and augmentation and the MAE mask noise draw only from a generator seeded with it. So a
 sample's crop, flip and mask do not depend on the worker, the rank or where a run was resumed:
 a 2-rank run sees exactly the samples and masks of a 1-rank run of the same global batch.
+
+Unreadable images (truncated, not an image, unreadable file): ``SeededDataset(on_bad_image='skip')``
+warns once naming the file and takes the next readable image in its place, deterministically, so a
+resumed run skips the same way; each sample reports how many it skipped, for the end-of-epoch
+count. ``'error'`` stops with a ``BadImageError`` that names the file.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,11 +29,18 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
+from timm.data import IMAGENET_DEFAULT_MEAN as IMAGENET_MEAN
+from timm.data import IMAGENET_DEFAULT_STD as IMAGENET_STD
 from torch.utils.data import DataLoader, Dataset
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 _MASK64 = (1 << 64) - 1
+BAD_IMAGE_POLICIES = ("skip", "error")
+# what Pillow and the file system raise for a file that is not a readable image
+_UNREADABLE = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
+
+
+class BadImageError(ValueError):
+    """An image of the dataset cannot be read (and ``on_bad_image='error'``)."""
 
 
 def mix_seed(*parts: int) -> int:
@@ -44,13 +57,15 @@ def mix_seed(*parts: int) -> int:
 class ArrayImageDataset(Dataset):
     """Images as a uint8 array (N, H, W, 3) with integer labels (or none)."""
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray | None = None) -> None:
+    def __init__(self, images: np.ndarray, labels: np.ndarray | None = None, source: str = "an array") -> None:
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3):
-            raise ValueError(f"images must be uint8 (N, H, W, 3), got {images.dtype} {images.shape}")
+            raise ValueError(f"{source}: images must be uint8 (N, H, W, 3), got {images.dtype} {images.shape}")
         if labels is not None and len(labels) != len(images):
-            raise ValueError(f"{len(images)} images but {len(labels)} labels")
-        self.images = images
-        self.labels = labels
+            raise ValueError(f"{source}: {len(images)} images but {len(labels)} labels")
+        self.images, self.labels, self.source = images, labels, source
+
+    def describe(self, i: int) -> str:
+        return f"image {i} of {self.source}"
 
     def __len__(self) -> int:
         return len(self.images)
@@ -63,12 +78,19 @@ class ArrayImageDataset(Dataset):
 class JpegPackDataset(Dataset):
     """Encoded images in one byte array: image i is ``jpeg[offsets[i]:offsets[i + 1]]``."""
 
-    def __init__(self, jpeg: np.ndarray, offsets: np.ndarray, labels: np.ndarray | None = None) -> None:
-        if offsets.ndim != 1 or len(offsets) < 2 or offsets[-1] > len(jpeg):
-            raise ValueError(f"offsets must be (N + 1,) and end within the {len(jpeg)}-byte pack")
+    def __init__(
+        self, jpeg: np.ndarray, offsets: np.ndarray, labels: np.ndarray | None = None, source: str = "a JPEG pack"
+    ) -> None:
+        if offsets.ndim != 1 or len(offsets) < 2 or offsets[-1] > len(jpeg) or np.any(np.diff(offsets) < 0):
+            raise ValueError(
+                f"{source}: offsets must be (N + 1,), increasing, and end within the {len(jpeg)}-byte pack"
+            )
         if labels is not None and len(labels) != len(offsets) - 1:
-            raise ValueError(f"{len(offsets) - 1} images but {len(labels)} labels")
-        self.jpeg, self.offsets, self.labels = jpeg, offsets, labels
+            raise ValueError(f"{source}: {len(offsets) - 1} images but {len(labels)} labels")
+        self.jpeg, self.offsets, self.labels, self.source = jpeg, offsets, labels, source
+
+    def describe(self, i: int) -> str:
+        return f"image {i} of the JPEG pack {self.source}"
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -118,7 +140,7 @@ def load_npz(path: str | os.PathLike[str], split: str | None = "train") -> Datas
         keys = set(z.files)
         if split is not None and f"x_{split}" in keys:
             y = z[f"y_{split}"] if f"y_{split}" in keys else None
-            return ArrayImageDataset(z[f"x_{split}"], y)
+            return ArrayImageDataset(z[f"x_{split}"], y, str(path))
         single = ("jpeg" in keys and "offsets" in keys) or "x" in keys
         if single and split not in (None, "train"):
             raise ValueError(
@@ -126,9 +148,9 @@ def load_npz(path: str | os.PathLike[str], split: str | None = "train") -> Datas
                 "file (--test-data)"
             )
         if "jpeg" in keys and "offsets" in keys:
-            return JpegPackDataset(z["jpeg"], z["offsets"], z["y"] if "y" in keys else None)
+            return JpegPackDataset(z["jpeg"], z["offsets"], z["y"] if "y" in keys else None, str(path))
         if "x" in keys:
-            return ArrayImageDataset(z["x"], z["y"] if "y" in keys else None)
+            return ArrayImageDataset(z["x"], z["y"] if "y" in keys else None, str(path))
     raise ValueError(
         f"{path}: no images found for split {split!r}; expected keys x_{split}/y_{split}, x/y, or "
         f"jpeg/offsets/y (a JPEG pack), found {sorted(keys)}"
@@ -136,7 +158,8 @@ def load_npz(path: str | os.PathLike[str], split: str | None = "train") -> Datas
 
 
 def _open_rgb(path: str) -> Image.Image:
-    return Image.open(path).convert("RGB")
+    with Image.open(path) as img:
+        return img.convert("RGB")  # decodes now, so a truncated file fails here, inside the dataset
 
 
 class FlatImageFolder(Dataset):
@@ -157,6 +180,9 @@ class FlatImageFolder(Dataset):
 
     def __getitem__(self, i: int) -> tuple[Image.Image, int]:
         return _open_rgb(str(self.files[i])), -1
+
+    def describe(self, i: int) -> str:
+        return str(self.files[i])
 
 
 def _image_folder(path: Path) -> Dataset:
@@ -210,16 +236,29 @@ def build_dataset(
     )
 
 
-def dataset_labels(dataset: Dataset) -> np.ndarray:
-    """All integer labels of a base dataset (without decoding images); ValueError when it has none."""
+def dataset_labels(dataset: Dataset, what: str | None = None) -> np.ndarray:
+    """All integer labels of a base dataset (without decoding images); a ValueError naming ``what`` when it has none."""
     if isinstance(dataset, torch.utils.data.Subset):
-        return dataset_labels(dataset.dataset)[np.asarray(dataset.indices)]
+        return dataset_labels(dataset.dataset, what)[np.asarray(dataset.indices)]
     labels = getattr(dataset, "labels", None)
     if labels is None:
         labels = getattr(dataset, "targets", None)  # torchvision CIFAR10 / ImageFolder
     if labels is None or len(labels) == 0 or np.min(labels) < 0:
-        raise ValueError(f"{type(dataset).__name__} has no class labels; classification needs labelled data")
+        raise ValueError(
+            f"{what or type(dataset).__name__} has no class labels (an unlabelled folder or file); classification "
+            "needs labelled images (class sub-folders, or y / y_SPLIT arrays in an .npz)"
+        )
     return np.asarray(labels, dtype=np.int64)
+
+
+def describe_item(dataset: Dataset, i: int) -> str:
+    """Where item ``i`` of a base dataset comes from (a file, a pack entry), for error messages."""
+    if isinstance(dataset, torch.utils.data.Subset):
+        return describe_item(dataset.dataset, dataset.indices[i])
+    if hasattr(dataset, "describe"):
+        return dataset.describe(i)
+    samples = getattr(dataset, "samples", None)  # torchvision's ImageFolder
+    return str(samples[i][0]) if samples is not None else f"item {i} of {type(dataset).__name__}"
 
 
 # ----------------------------------------------------------------------------- transforms
@@ -314,25 +353,52 @@ class EvalTransform(SeededTransform):
 class SeededDataset(Dataset):
     """Applies a transform to a base dataset, seeded per sample; indices are ``(index, seed)`` pairs.
 
-    Returns ``(image, label)``, or ``(image, noise, label)`` with MAE mask noise (``num_patches``
-    uniform numbers) when ``num_patches`` is given. Plain callables (e.g. timm transforms) are called
-    without the generator and use the worker's global RNG instead.
+    A sample is a dict: ``image``, ``label`` (-1 when unlabelled), ``skipped`` (unreadable images
+    passed over to produce it) and, when ``num_patches`` is given, ``noise`` (MAE mask noise). Plain
+    callables (e.g. timm transforms) are called without the generator and use the worker's RNG.
+    ``on_bad_image``: ``'skip'`` (warn once per file, use the next readable image) or ``'error'``.
     """
 
-    def __init__(self, base: Dataset, transform: Callable[..., torch.Tensor], num_patches: int | None = None) -> None:
-        self.base, self.transform, self.num_patches = base, transform, num_patches
+    def __init__(
+        self,
+        base: Dataset,
+        transform: Callable[..., torch.Tensor],
+        num_patches: int | None = None,
+        on_bad_image: str = "skip",
+    ) -> None:
+        if on_bad_image not in BAD_IMAGE_POLICIES:
+            raise ValueError(f"on_bad_image must be one of {BAD_IMAGE_POLICIES}, got {on_bad_image!r}")
+        self.base, self.transform, self.num_patches, self.on_bad_image = base, transform, num_patches, on_bad_image
 
     def __len__(self) -> int:
         return len(self.base)
 
-    def __getitem__(self, index: tuple[int, int]) -> tuple[Any, ...]:
+    def __getitem__(self, index: tuple[int, int]) -> dict[str, Any]:
         i, seed = index
-        img, label = self.base[i]
-        g = torch.Generator().manual_seed(seed)
-        x = self.transform(img, g) if isinstance(self.transform, SeededTransform) else self.transform(img)
-        if self.num_patches is None:
-            return x, label
-        return x, torch.rand(self.num_patches, generator=g), label
+        for skipped in range(len(self.base)):
+            j = (i + skipped) % len(self.base)
+            g = torch.Generator().manual_seed(seed)
+            try:
+                img, label = self.base[j]
+                x = self.transform(img, g) if isinstance(self.transform, SeededTransform) else self.transform(img)
+                break
+            except _UNREADABLE as err:
+                self._bad(j, err)
+        else:
+            raise BadImageError(f"none of the {len(self.base)} images of the dataset can be read")
+        sample = {"image": x, "label": label, "skipped": skipped}
+        if self.num_patches is not None:
+            sample["noise"] = torch.rand(self.num_patches, generator=g)
+        return sample
+
+    def _bad(self, j: int, err: Exception) -> None:
+        what = f"{describe_item(self.base, j)} cannot be read as an image ({type(err).__name__}: {err})"
+        if self.on_bad_image == "error":
+            raise BadImageError(f"{what}; fix or remove it, or pass --on-bad-image skip") from err
+        warned = self.__dict__.setdefault("_warned", set())  # per worker process
+        if j not in warned:
+            warned.add(j)
+            print(f"warning: skipped {what}", file=sys.stderr)
 
 
 # ----------------------------------------------------------------------------- sampling
@@ -406,13 +472,15 @@ def make_loader(
     )
 
 
-def fixed_batch(dataset: Dataset, count: int, img_size: int, num_patches: int, seed: int = 0) -> tuple[Any, ...]:
+def fixed_batch(
+    dataset: Dataset, count: int, img_size: int, num_patches: int, seed: int = 0, on_bad_image: str = "skip"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``count`` evenly spaced samples, centre-cropped, with fixed mask noise: a stable probe batch."""
     count = min(count, len(dataset))
     idx = np.linspace(0, len(dataset) - 1, count).round().astype(int)
     if isinstance(dataset, SamplePhotoDataset):  # it repeats its photos: take each once
         idx = np.arange(count)
-    tf = EvalTransform(img_size)
-    imgs = torch.stack([tf(dataset[int(i)][0]) for i in idx])
+    eval_set = SeededDataset(dataset, EvalTransform(img_size), on_bad_image=on_bad_image)
+    imgs = torch.stack([eval_set[(int(i), 0)]["image"] for i in idx])
     noise = torch.rand(count, num_patches, generator=torch.Generator().manual_seed(mix_seed(seed, 7)))
     return imgs, noise

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import atomic_write_bytes
+from ..io import atomic_write_text
 
 
 def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
@@ -28,8 +28,10 @@ def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
 class MetricsLogger:
     """Appends one JSON object per line to ``metrics.jsonl`` and mirrors scalars to TensorBoard.
 
-    On resume from step ``s``, rows with ``step > s`` (written after the checkpoint by a run that
-    then died) are dropped, so the file is the loss curve of one uninterrupted run.
+    A new run starts an empty file. On resume from step ``s``, rows with ``step > s`` (written after
+    the checkpoint by a run that then died) are dropped, so the file is the curve of one
+    uninterrupted run; ``rows`` instead replaces the file by exactly those rows (the evaluation
+    log, which the checkpoint itself carries).
     """
 
     def __init__(
@@ -38,14 +40,12 @@ class MetricsLogger:
         resume_step: int | None = None,
         tensorboard: bool = True,
         name: str = "metrics.jsonl",
+        rows: list[dict[str, Any]] | None = None,
     ) -> None:
         self.path = Path(output) / name
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if resume_step is None:
-            atomic_write_bytes(self.path, b"")
-        else:
-            keep = [r for r in read_jsonl(self.path) if r.get("step", 0) <= resume_step]
-            atomic_write_bytes(self.path, "".join(json.dumps(r) + "\n" for r in keep).encode())
+        if rows is None:
+            rows = [] if resume_step is None else [r for r in read_jsonl(self.path) if r.get("step", 0) <= resume_step]
+        atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in rows))
         self._file = open(self.path, "a")  # noqa: SIM115 - kept open for the run
         self.tb = None
         if tensorboard:

@@ -1,4 +1,4 @@
-"""Linear probing of a frozen encoder (behind ``recipes/linprobe.py``).
+"""Linear probing of a frozen encoder (``recipes/linprobe.py`` is the program around it).
 
 Features: the class token or the mean of the patch tokens, from the last block (after the final
 norm) or an intermediate one. Classifier, as in the MAE protocol: a BatchNorm without affine
@@ -13,10 +13,7 @@ feature mean and standard deviation. Two solvers on cached features:
 
 from __future__ import annotations
 
-import argparse
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -24,55 +21,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from .checkpoint import atomic_save, seed_everything
-from .common import (
-    add_model_shape_args,
-    amp_context,
-    load_encoder,
-    model_kwargs_from_args,
-    resolve_precision,
-    write_json,
-)
-from .data import EvalTransform, ResumableBatchSampler, SeededDataset, build_dataset
-from .distributed import resolve_device
+from .common import amp_context
+from .data import EvalTransform, ResumableBatchSampler, SeededDataset, dataset_labels
 from .schedule import set_lr, warmup_cosine
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        description="Linear probe of a frozen encoder: a registered model (--pretrained) or a pretrain.py checkpoint",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    p.add_argument("--model", default=None, help="registered model (read from --checkpoint when it is pretrain.py's)")
-    p.add_argument("--checkpoint", default=None, help="checkpoint from pretrain.py, or a weights file for --model")
-    p.add_argument("--pretrained", action="store_true", help="load the registered pretrained weights")
-    add_model_shape_args(p)
-    p.add_argument("--data", required=True, help="labelled data: .npz, image folder or 'cifar10'")
-    p.add_argument(
-        "--test-data",
-        default=None,
-        help="a file or folder holding only the test images (default: the test split of --data)",
-    )
-    p.add_argument("--train-split", default="train")
-    p.add_argument("--test-split", default="test")
-    p.add_argument("--download", action="store_true")
-    p.add_argument("--data-root", default="data")
-    p.add_argument("--max-train", type=int, default=None, help="use a seeded random subset of N training images")
-    p.add_argument("--pool", default="token", choices=("token", "avg"), help="class token or mean of patch tokens")
-    p.add_argument("--layer", type=int, default=None, help="block index for intermediate features (default: last)")
-    p.add_argument("--crop-pct", type=float, default=1.0, help="evaluation centre-crop fraction")
-    p.add_argument("--solver", default="lbfgs", choices=("lbfgs", "sgd"))
-    p.add_argument("--weight-decay", type=float, default=1e-4)
-    p.add_argument("--max-iter", type=int, default=300, help="L-BFGS iterations")
-    p.add_argument("--epochs", type=int, default=90, help="sgd epochs")
-    p.add_argument("--lr", type=float, default=0.1, help="sgd lr")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--workers", type=int, default=0)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--precision", default="auto")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--output", default="output/linprobe")
-    return p
 
 
 @torch.no_grad()
@@ -87,16 +38,18 @@ def extract_features(
     precision: str = "fp32",
     workers: int = 0,
     crop_pct: float = 1.0,
+    on_bad_image: str = "skip",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Frozen features (N, d) in float32 and labels (N,) for every image of ``dataset``."""
+    """Frozen features (N, d) in float32 and labels (N,) for every image of ``dataset`` (an unreadable one
+    is replaced by the next readable, with a warning naming it, or stops the run: ``on_bad_image``)."""
     device = torch.device(device)
     encoder.eval().to(device)
-    ds = SeededDataset(dataset, EvalTransform(img_size, crop_pct))
+    ds = SeededDataset(dataset, EvalTransform(img_size, crop_pct), on_bad_image=on_bad_image)
     sampler = ResumableBatchSampler(len(ds), batch_size, shuffle=False, drop_last=False)
     loader = DataLoader(ds, batch_sampler=sampler, num_workers=workers, pin_memory=device.type == "cuda")
     feats, labels = [], []
-    for x, y in loader:
-        x = x.to(device, non_blocking=True)
+    for batch in loader:
+        x, y = batch["image"].to(device, non_blocking=True), batch["label"]
         if layer is None:
             with amp_context(device, precision):
                 tokens = encoder.forward_features(x)
@@ -221,14 +174,19 @@ def linear_probe(
     lr: float = 0.1,
     seed: int = 0,
     crop_pct: float = 1.0,
+    on_bad_image: str = "skip",
 ) -> dict[str, Any]:
-    """Extract features, fit the probe, and return train / test top-1 (fractions) and the probe."""
+    """Extract features, fit the probe, and return train / test top-1 (fractions) and the probe.
+
+    Both sets must be labelled (a ValueError otherwise, before any feature is computed).
+    """
+    dataset_labels(train_set, "the training images")
+    dataset_labels(test_set, "the test images")
     t0 = time.perf_counter()
     kw = dict(pool=pool, layer=layer, batch_size=batch_size, device=device, precision=precision, workers=workers)
-    f_train, y_train = extract_features(encoder, train_set, img_size, crop_pct=crop_pct, **kw)
-    f_test, y_test = extract_features(encoder, test_set, img_size, crop_pct=crop_pct, **kw)
-    if (y_train < 0).any():
-        raise ValueError("the training set has no labels; a linear probe needs labelled data")
+    kw.update(crop_pct=crop_pct, on_bad_image=on_bad_image)
+    f_train, y_train = extract_features(encoder, train_set, img_size, **kw)
+    f_test, y_test = extract_features(encoder, test_set, img_size, **kw)
     t1 = time.perf_counter()
     num_classes = int(max(y_train.max(), y_test.max())) + 1
     dev = torch.device(device)
@@ -251,62 +209,3 @@ def linear_probe(
         "fit_s": time.perf_counter() - t1,
         "probe": probe,
     }
-
-
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    args = build_parser().parse_args(argv)
-    seed_everything(args.seed)
-    device = resolve_device(args.device)
-    precision = resolve_precision(args.precision, device)
-    encoder, model_name, model_kwargs = load_encoder(
-        args.model, args.checkpoint, args.pretrained, **model_kwargs_from_args(args)
-    )
-    img_size = encoder.patch_embed.img_size[0]
-    train_set = build_dataset(args.data, args.train_split, args.download, args.data_root)
-    if args.max_train:
-        # a seeded random subset: folders list their images class by class, so a prefix would drop classes
-        g = torch.Generator().manual_seed(args.seed)
-        keep = torch.randperm(len(train_set), generator=g)[: args.max_train].sort().values.tolist()
-        train_set = torch.utils.data.Subset(train_set, keep)
-    if args.test_data:  # a file or folder holding only the test images
-        test_set = build_dataset(args.test_data, None, args.download, args.data_root)
-    else:
-        test_set = build_dataset(args.data, args.test_split, args.download, args.data_root)
-    result = linear_probe(
-        encoder,
-        train_set,
-        test_set,
-        img_size,
-        pool=args.pool,
-        layer=args.layer,
-        solver=args.solver,
-        device=device,
-        precision=precision,
-        batch_size=args.batch_size,
-        workers=args.workers,
-        weight_decay=args.weight_decay,
-        max_iter=args.max_iter,
-        epochs=args.epochs,
-        lr=args.lr,
-        seed=args.seed,
-        crop_pct=args.crop_pct,
-    )
-    probe = result.pop("probe")
-    out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_save(
-        {
-            "probe": probe.state_dict(),
-            "args": {k: v for k, v in vars(args).items() if v is None or isinstance(v, (int, float, str, bool))},
-        },
-        out / "probe.pth",
-    )
-    write_json({**result, "args": vars(args), "model": model_name, "model_kwargs": model_kwargs}, out / "results.json")
-    print(
-        f"linear probe top-1 {100 * result['top1']:.2f}% (train {100 * result['train_top1']:.2f}%) on "
-        f"{result['num_test']} test images | {result['feature_dim']}-d features, {args.pool} pool, "
-        f"layer {args.layer if args.layer is not None else 'last'} | extract {result['extract_s']:.1f} s, "
-        f"fit {result['fit_s']:.1f} s",
-        file=sys.stderr,
-    )
-    return result
