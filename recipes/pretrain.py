@@ -233,9 +233,9 @@ class MAEPretraining(TrainLoop):
         options = StateDictOptions(full_state_dict=True, cpu_offload=True)
         return get_state_dict(self.model, self.optimizer, options=options)
 
-    def load_state_dicts(self, ckpt: dict[str, Any]) -> None:
+    def load_state_dicts(self, ckpt: dict[str, Any], source: str = "") -> None:
         if not self.args.fsdp:
-            return super().load_state_dicts(ckpt)
+            return super().load_state_dicts(ckpt, source)
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 
         set_state_dict(
@@ -356,9 +356,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     finally:
         cleanup_distributed()
     if info.is_main:
+        loss = f" loss {result['loss']:.4f}" if "loss" in result else ""
         print(
-            f"done: step {result['step']} loss {result.get('loss', float('nan')):.4f} best probe loss "
-            f"{result['best_probe_loss']:.4f} | {result['mean_images_per_s']:.1f} images/s | {result['wall_s']:.1f} s",
+            f"done: step {result['step']}{loss}, best probe loss {result['best_probe_loss']:.4f} | "
+            f"{result['mean_images_per_s']:.1f} images/s | {result['wall_s']:.1f} s",
             file=sys.stderr,
         )
     return result

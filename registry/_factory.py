@@ -19,7 +19,7 @@ import timm.models
 from torch import nn
 
 from ._fetch import download_hf_hub, resolve_pretrained_file
-from ._load import FilterFn, load_state_dict, read_checkpoint, unwrap_state_dict
+from ._load import CheckpointFormatError, FilterFn, load_state_dict, read_checkpoint, unwrap_state_dict
 from ._records import PretrainedCfg, _unknown, is_model, list_pretrained, resolve_pretrained_cfg
 
 # arguments a checkpoint's own may differ from: they adapt the weights or only change training behaviour
@@ -62,11 +62,15 @@ def build_model_with_cfg(
         )
     if pretrained or (isinstance(pretrained_cfg, str) and pretrained_cfg):
         kwargs = {**cfg.model_args, **kwargs}
-    state_dict = (
-        unwrap_state_dict(read_checkpoint(path := resolve_pretrained_file(cfg, cache_dir)), str(path))
-        if pretrained
-        else None
-    )
+    state_dict = None
+    if pretrained:
+        path = resolve_pretrained_file(cfg, cache_dir)
+        try:
+            state_dict = unwrap_state_dict(read_checkpoint(path), str(path))
+        except CheckpointFormatError as err:
+            if cfg.file:
+                raise
+            raise CheckpointFormatError(f"{err}. It is a downloaded copy: delete it to fetch it again") from err
 
     def construct(**model_kwargs: Any) -> nn.Module:
         _check_kwargs(model_cls, model_kwargs, variant)

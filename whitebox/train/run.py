@@ -28,6 +28,8 @@ from typing import Any
 
 import torch
 
+from registry import apply_state_dict
+
 from ..io import write_json
 from .checkpoint import atomic_save, find_resume, get_rng_state, remove_stale_temps, set_rng_state
 from .distributed import DistInfo, all_reduce_mean, barrier
@@ -155,8 +157,8 @@ class TrainLoop:
     def state_dicts(self) -> tuple[dict[str, Any], dict[str, Any]]:
         return self.model.state_dict(), self.optimizer.state_dict()
 
-    def load_state_dicts(self, ckpt: dict[str, Any]) -> None:
-        self.model.load_state_dict(ckpt["model"])
+    def load_state_dicts(self, ckpt: dict[str, Any], source: str = "") -> None:
+        apply_state_dict(self.model, ckpt["model"], source=source)
         self.optimizer.load_state_dict(ckpt["optimizer"])
 
     # ----------------------------------------------------------------------------- checkpoints and resume
@@ -229,7 +231,7 @@ class TrainLoop:
                 )
             if self.dist.is_main:
                 print(f"warning: {message}; continuing (--force-resume)", file=sys.stderr)
-        self.load_state_dicts(ckpt)
+        self.load_state_dicts(ckpt, str(path))
         self.scaler.load_state_dict(ckpt["scaler"])
         self.step, self.best = int(ckpt["step"]), ckpt.get("best")
         self.eval_rows, self.last_row = list(ckpt.get("eval_rows", [])), dict(ckpt.get("last_row", {}))
