@@ -234,6 +234,10 @@ class Finetuning(TrainLoop):
     def record(self) -> dict[str, Any]:
         return {"model_name": self.model_name, "model_kwargs": {**self.model_kwargs, "num_classes": self.num_classes}}
 
+    def check_resume(self, ckpt: dict[str, Any], path: Path) -> None:
+        if ckpt.get("model_name") != self.model_name:
+            raise ValueError(f"{path} fine-tuned {ckpt.get('model_name')!r}, this run {self.model_name!r}")
+
     def summary(self) -> dict[str, Any]:
         return {
             "model_kwargs": self.model_kwargs,

@@ -413,3 +413,33 @@ def test_a_full_disk_during_a_checkpoint_write_says_so_and_keeps_the_previous_fi
     assert "MiB free on that file system" in out.stdout and "previous file, if any, is unchanged" in out.stdout
     assert load_checkpoint_file(target)["x"].numel() == 10
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-last.pth"]  # no temporary file left
+
+
+# ----------------------------------------------------------------------------- more of the same kinds
+def test_flags_and_files_that_cannot_work_are_named(tmp_path):
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(FolderInUseError, match=r"a_file is a file; give a folder"):
+        pretrain([*SHORT, "--output", str(tmp_path / "a_file")])
+    for flag, value, message in (
+        ("--stop-after", "0", "--stop-after must be positive, got 0"),
+        ("--save-every", "-1", "--save-every must be 0 or more, got -1"),
+        ("--batch-size", "0", "--batch-size must be positive, got 0"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            pretrain([*SHORT, flag, value, "--output", str(tmp_path / "o")])
+    (tmp_path / "garbage.npz").write_bytes(b"not a zip archive")
+    with pytest.raises(ValueError, match=r"garbage.npz is not a readable .npz of image arrays"):
+        pretrain([*SHORT, "--data", str(tmp_path / "garbage.npz"), "--output", str(tmp_path / "g")])
+    with pytest.raises(SystemExit):  # argparse: "argument --model-kwargs: not valid JSON (...)"
+        pretrain([*SHORT, "--model-kwargs", "{lambd: 5}", "--output", str(tmp_path / "j")])
+
+
+def test_a_pretraining_checkpoint_cannot_be_resumed_as_a_fine_tuning(tmp_path):
+    data = _labelled_npz(tmp_path / "d.npz")
+    pre = tmp_path / "pre"
+    pretrain(["--img-size", "16", "--patch-size", "8", *SHORT, "--stop-after", "1", "--output", str(pre)])
+    common = ["--data", str(data), "--test-split", "train", "--batch-size", "8", "--no-progress", "--epochs", "1"]
+    with pytest.raises(
+        ValueError, match=r"is a pretrain checkpoint, this is finetune: start from it with --checkpoint"
+    ):
+        finetune([*common, "--checkpoint", str(pre / "checkpoint-last.pth"), "--output", str(pre), "--resume", "auto"])

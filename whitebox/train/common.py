@@ -28,8 +28,19 @@ def add_model_shape_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--decoder-depth", type=int, default=None, help="MAE decoder layers")
     g.add_argument("--decoder-num-heads", type=int, default=None)
     g.add_argument(
-        "--model-kwargs", type=json.loads, default=None, help="extra model kwargs as JSON, e.g. '{\"lambd\": 5.0}'"
+        "--model-kwargs", type=json_object, default=None, help="extra model kwargs as JSON, e.g. '{\"lambd\": 5.0}'"
     )
+
+
+def json_object(text: str) -> dict[str, Any]:
+    """An argparse type: a JSON object."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({err}): {text!r}") from err
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object such as '{{\"lambd\": 5.0}}', got {text!r}")
+    return value
 
 
 def add_run_args(parser: argparse.ArgumentParser, output: str, log_every: int = 10) -> argparse._ArgumentGroup:
@@ -59,10 +70,15 @@ def add_run_args(parser: argparse.ArgumentParser, output: str, log_every: int = 
 
 
 def check_positive(args: argparse.Namespace, *names: str) -> None:
-    for name in names:
+    """Flags that must be positive when given; the run flags' own (``--stop-after``, ...) are checked too."""
+    for name in (*names, "stop_after", "threads"):
         value = getattr(args, name, None)
         if value is not None and value <= 0:
             raise ValueError(f"--{name.replace('_', '-')} must be positive, got {value}")
+    for name in ("save_every", "grid_every", "workers"):
+        value = getattr(args, name, None)
+        if value is not None and value < 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be 0 or more, got {value}")
 
 
 def model_kwargs_from_args(args: argparse.Namespace) -> dict[str, Any]:

@@ -136,11 +136,23 @@ def load_npz(path: str | os.PathLike[str], split: str | None = "train") -> Datas
     training images.
     """
     path = Path(path)
-    with np.load(path) as z:
+    try:
+        archive = np.load(path)
+    except (OSError, ValueError, EOFError) as err:  # not a zip, truncated, or pickled objects
+        raise ValueError(f"{path} is not a readable .npz of image arrays ({type(err).__name__}: {err})") from err
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise ValueError(f"{path} holds a single array, not an .npz of named arrays (x / y, x_train / y_train, ...)")
+    with archive as z:
         keys = set(z.files)
         if split is not None and f"x_{split}" in keys:
             y = z[f"y_{split}"] if f"y_{split}" in keys else None
             return ArrayImageDataset(z[f"x_{split}"], y, str(path))
+        splits = sorted(k[2:] for k in keys if k.startswith("x_"))
+        if split is None and splits:
+            raise ValueError(
+                f"{path} holds the splits {splits}, not one set of images; name a split (e.g. --test-split "
+                f"{splits[-1]} with --data {path}) instead of passing the whole file"
+            )
         single = ("jpeg" in keys and "offsets" in keys) or "x" in keys
         if single and split not in (None, "train"):
             raise ValueError(

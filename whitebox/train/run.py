@@ -70,6 +70,8 @@ class RunFolder:
         except ImportError:  # not POSIX
             warnings.warn(f"cannot lock {self.path} on this platform: do not start two runs into it", stacklevel=3)
             return None
+        if self.path.exists() and not self.path.is_dir():
+            return f"the output folder {self.path} is a file; give a folder (--output)"
         self.path.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -184,6 +186,7 @@ class TrainLoop:
             "log_count": self.log_count,
             "rng": rng,
             "args": run_args(self.args),
+            "recipe": self.name,
             **self.record(),
         }
 
@@ -217,6 +220,11 @@ class TrainLoop:
         path, ckpt = find_resume(self.out, self.args.resume)
         if ckpt is None:
             return False
+        if ckpt.get("recipe", self.name) != self.name:
+            raise ValueError(
+                f"{path} is a {ckpt['recipe']} checkpoint, this is {self.name}: start from it with --checkpoint "
+                "(a new run), resume only a run of the same recipe"
+            )
         if ckpt.get("effective_batch") != self.effective_batch:
             raise ValueError(
                 f"{path} was trained with effective batch {ckpt.get('effective_batch')}, this run has "
