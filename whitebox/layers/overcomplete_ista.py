@@ -34,9 +34,7 @@ class OvercompleteISTA(nn.Module):
         iterations: ISTA steps from zero (official 2).
     """
 
-    def __init__(
-        self, dim: int, expansion: int = 4, eta: float = 0.1, lambd: float = 0.1, iterations: int = 2
-    ) -> None:
+    def __init__(self, dim: int, expansion: int = 4, eta: float = 0.1, lambd: float = 0.1, iterations: int = 2) -> None:
         super().__init__()
         if iterations < 1:
             raise ValueError(f"iterations must be at least 1, got {iterations}")
