@@ -333,3 +333,17 @@ def test_finetune_and_linprobe_from_the_hub_tag(tmp_path, hub, one_thread):
     ckpt = torch.load(tmp_path / "ft" / "checkpoint-last.pth", weights_only=True)
     assert ckpt["model_name"] == "crate_alpha_base_patch16.in1k" and ckpt["model"]["head.weight"].shape == (10, 32)
     assert hub.requests.count(("GET", f"/{REPO}/resolve/main/{B16}")) == 1  # the second run used the cache
+
+
+def test_cpu_inference_benchmark_smoke(tmp_path, one_thread):
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import cpu_infer
+
+    out = tmp_path / "rows.json"
+    rows = cpu_infer.main(
+        ["--img-size", "32", "--batch", "1", "--warmup", "0", "--reps", "2", "--threads", "1", "--json", str(out)]
+    )
+    assert [r["model"] for r in rows] == ["crate_base", "crate_alpha_base_patch16"] and out.is_file()
+    assert rows[0]["relative"] == 1.0 and all(r["images_per_s"] > 0 and len(r["batch_seconds"]) == 2 for r in rows)
