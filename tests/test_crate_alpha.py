@@ -213,7 +213,7 @@ def test_records_of_the_hub_tags():
         assert not whitebox.get_pretrained_cfg(f"crate_alpha_{arch}").has_weights
 
 
-def test_registered_tag_from_the_hub_then_the_cache(tmp_path, hub):
+def test_registered_tag_from_the_hub_then_the_cache(tmp_path, hub, monkeypatch):
     path, ref = _official_file(tmp_path)
     hub.hub[REPO] = {B16: path.read_bytes()}
     model = whitebox.create_model("crate_alpha_base_patch16.in1k", **SHAPE, pretrained=True)
@@ -223,17 +223,22 @@ def test_registered_tag_from_the_hub_then_the_cache(tmp_path, hub):
     again = whitebox.create_model("crate_alpha_base_patch16", **SHAPE, pretrained=True)
     via_timm = timm.create_model("crate_alpha_base_patch16.in1k", **SHAPE, pretrained=True)
     assert _agrees(again, ref) < 1e-5 and _agrees(via_timm, ref) < 1e-5
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # offline mode serves the cached file
+    assert _agrees(whitebox.create_model("crate_alpha_base_patch16", **SHAPE, pretrained=True), ref) < 1e-5
     assert hub.requests.count(("GET", f"/{REPO}/resolve/main/{B16}")) == 1
     assert list((tmp_path / "hf" / "hub").glob("models--UCSC-VLAA--CRATE-alpha/snapshots/*/torch/crate_alpha_B16.pth"))
 
 
-def test_hub_overlay_like_an_hf_hub_name(tmp_path, hub):
-    """Any Hub repository and file, in the official layout, through ``hf_hub_id`` / ``hf_hub_filename``."""
+@pytest.mark.parametrize("revision", ["", "@v1.0"])
+def test_hub_overlay_like_an_hf_hub_name(tmp_path, hub, revision):
+    """Any Hub repository, revision and file in the official layout, via ``hf_hub_id`` / ``hf_hub_filename``."""
     path, ref = _official_file(tmp_path, seed=6)
     hub.hub["someone/crate-alpha-copy"] = {"weights/b16.pth": path.read_bytes()}
-    overlay = dict(hf_hub_id="someone/crate-alpha-copy", hf_hub_filename="weights/b16.pth")
+    overlay = dict(hf_hub_id=f"someone/crate-alpha-copy{revision}", hf_hub_filename="weights/b16.pth")
     model = whitebox.create_model("crate_alpha_base_patch16", **SHAPE, pretrained=True, pretrained_cfg_overlay=overlay)
     assert _agrees(model, ref) < 1e-5
+    rev = revision.removeprefix("@") or "main"
+    assert ("GET", f"/someone/crate-alpha-copy/resolve/{rev}/weights/b16.pth") in hub.requests
 
 
 def test_large_tag_from_the_hub(tmp_path, hub):
