@@ -1,4 +1,4 @@
-"""A plain reference implementation of CRATE and CRATE-MAE, written from DESIGN.md's equations.
+"""A plain reference implementation of CRATE, CRATE-MAE and CRATE-alpha, written from the equations.
 
 Deliberately naive: explicit softmax attention, the three-product ISTA step, MAE's
 shuffle / unshuffle masking, and the official module layout, so its ``state_dict`` keys are the
@@ -31,9 +31,9 @@ def sincos_table(dim: int, grid: int) -> np.ndarray:
 
 
 class PreNorm(nn.Module):
-    def __init__(self, dim: int, fn: nn.Module) -> None:
+    def __init__(self, dim: int, fn: nn.Module, eps: float = 1e-5) -> None:
         super().__init__()
-        self.norm = nn.LayerNorm(dim)
+        self.norm = nn.LayerNorm(dim, eps=eps)
         self.fn = fn
 
     def forward(self, x):
@@ -41,13 +41,13 @@ class PreNorm(nn.Module):
 
 
 class Attention(nn.Module):
-    """MSSA: w = z U; softmax(w_k w_k^T / sqrt(p)) w_k per head; [.] W_out + b_out."""
+    """MSSA: w = z U; softmax(w_k w_k^T / sqrt(p)) w_k per head; [.] W_out + b_out (CRATE-alpha: no b_out)."""
 
-    def __init__(self, dim: int, heads: int) -> None:
+    def __init__(self, dim: int, heads: int, bias: bool = True) -> None:
         super().__init__()
         self.heads = heads
         self.qkv = nn.Linear(dim, dim, bias=False)
-        self.to_out = nn.Sequential(nn.Linear(dim, dim))
+        self.to_out = nn.Sequential(nn.Linear(dim, dim, bias=bias))
 
     def attention(self, x):
         b, n, d = x.shape
@@ -113,6 +113,62 @@ class DecoderBlock(nn.Module):
         linear, attn = self.layers[0]
         y = linear(x)
         return y - attn(y)
+
+
+class OvercompleteISTAStep(nn.Module):
+    """CRATE-alpha's ODL step, column form as in the paper, with the LASSO gradient expanded.
+
+    z1 = relu(eta D^T x - eta lambda);  z2 = relu(z1 + eta (D^T x - D^T D z1) - eta lambda);  out = D1 z2.
+    Row vectors here; D^T D is formed explicitly (a different product order from the library's).
+    """
+
+    def __init__(self, dim: int, ratio: int = 4, eta: float = 0.1, lambd: float = 0.1) -> None:
+        super().__init__()
+        self.D = nn.Parameter(torch.randn(dim, ratio * dim) / math.sqrt(dim))
+        self.D1 = nn.Parameter(torch.randn(dim, ratio * dim) / math.sqrt(dim))
+        self.eta, self.lambd = eta, lambd
+
+    def codes(self, x):
+        dtx = x @ self.D  # D^T x, as rows
+        z1 = F.relu(self.eta * dtx - self.eta * self.lambd)
+        z2 = F.relu(z1 + self.eta * (dtx - z1 @ (self.D.t() @ self.D)) - self.eta * self.lambd)
+        return z1, z2
+
+    def forward(self, x):
+        return self.codes(x)[1] @ self.D1.t()
+
+
+class RefCrateAlpha(nn.Module):
+    """CRATE-alpha in the official layout (``conv1``, ``pos_embedding``, ``transformer.layers``, ``mlp_head``)."""
+
+    def __init__(self, img_size=32, patch=8, in_chans=3, dim=64, depth=2, heads=4, num_classes=10):
+        super().__init__()
+        grid = img_size // patch
+        self.conv1 = nn.Conv2d(in_chans, dim, patch, patch, bias=True)
+        self.pos_embedding = nn.Parameter(torch.randn(1, grid * grid + 1, dim))
+        self.cls_token = nn.Parameter(torch.randn(1, 1, dim))
+        self.transformer = nn.Module()
+        self.transformer.layers = nn.ModuleList(
+            [
+                nn.ModuleList(
+                    [
+                        PreNorm(dim, Attention(dim, heads, bias=False), eps=1e-6),
+                        PreNorm(dim, OvercompleteISTAStep(dim), eps=1e-6),
+                    ]
+                )
+                for _ in range(depth)
+            ]
+        )
+        self.mlp_head = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, num_classes))  # eps 1e-5
+
+    def forward(self, img):
+        x = self.conv1(img)
+        x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embedding
+        for attn, ff in self.transformer.layers:
+            x = attn(x) + x
+            x = ff(x) + x
+        return self.mlp_head(x[:, 0])
 
 
 class PatchEmbed(nn.Module):
@@ -281,6 +337,36 @@ def crate_to_official(model: nn.Module) -> dict:
         block = _block_to_official(sd, f"blocks.{i}", f"transformer.layers.{i}", decoder=False)
         out.update(
             {k.replace(f"transformer.layers.{i}.layers.0.", f"transformer.layers.{i}."): v for k, v in block.items()}
+        )
+    return out
+
+
+def crate_alpha_to_official(model: nn.Module, tensors: dict | None = None) -> dict:
+    """Our CRATE-alpha weights (or other per-parameter ``tensors``, e.g. gradients) under the official key names."""
+    sd = model.state_dict() if tensors is None else tensors
+    out = {
+        "pos_embedding": sd["pos_embed"],
+        "cls_token": sd["cls_token"],
+        "conv1.weight": sd["patch_embed.proj.weight"],
+        "conv1.bias": sd["patch_embed.proj.bias"],
+        "mlp_head.0.weight": sd["fc_norm.weight"],
+        "mlp_head.0.bias": sd["fc_norm.bias"],
+        "mlp_head.1.weight": sd["head.weight"],
+        "mlp_head.1.bias": sd["head.bias"],
+    }
+    for i in range(len(model.blocks)):
+        b, o = f"blocks.{i}", f"transformer.layers.{i}"
+        out.update(
+            {
+                f"{o}.0.norm.weight": sd[f"{b}.norm1.weight"],
+                f"{o}.0.norm.bias": sd[f"{b}.norm1.bias"],
+                f"{o}.0.fn.qkv.weight": sd[f"{b}.attn.qkv.weight"],
+                f"{o}.0.fn.to_out.0.weight": sd[f"{b}.attn.proj.weight"],
+                f"{o}.1.norm.weight": sd[f"{b}.norm2.weight"],
+                f"{o}.1.norm.bias": sd[f"{b}.norm2.bias"],
+                f"{o}.1.fn.D": sd[f"{b}.ista.D"],
+                f"{o}.1.fn.D1": sd[f"{b}.ista.D1"],
+            }
         )
     return out
 

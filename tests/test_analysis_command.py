@@ -62,6 +62,15 @@ def test_checkpoint_images_and_overwrite(tmp_path: Path) -> None:
         main([str(ckpt)])
 
 
+def test_crate_alpha_report(tmp_path: Path) -> None:
+    main(["crate_alpha_base_patch16", "--model-args", *TINY_ARGS, "--out", str(tmp_path), "--num-images", "3"])
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert {"attention_0.png", "attention_1.png", "pca.png", "layerwise.csv"} <= set(names)
+    assert "reconstruction.png" not in names  # a classifier: nothing to reconstruct
+    page = (tmp_path / "index.html").read_text()
+    assert "CrateAlpha" in page and "in its sparse code" in page and page.count("<tr>") == 1 + 2
+
+
 def test_vit_mae_report_says_what_is_missing(tmp_path: Path) -> None:
     args = [*TINY_ARGS, "decoder_depth=1", "decoder_num_heads=4"]
     main(["vit_mae_base", "--model-args", *args, "--out", str(tmp_path), "--num-images", "3", "--show", "1"])

@@ -76,6 +76,31 @@ def test_measures_the_tokens_it_says(images: torch.Tensor) -> None:
             x = out
 
 
+def test_crate_alpha_sparsity_is_measured_on_the_sparse_code(images: torch.Tensor) -> None:
+    """CRATE-alpha: compression after MSSA with the block's U; sparsity and l1 of the code c (N, 4d), not of the
+    block output (which adds the residual and has no zeros); coding rate of the output."""
+    model = tiny("crate_alpha_base_patch16").eval()
+    stats = layerwise_stats(model, images, eps=0.5)
+    assert [(r["stage"], r["block"]) for r in stats] == [("encoder", 0), ("encoder", 1)]
+    with torch.no_grad():
+        x = model.embed(images)
+        for i, blk in enumerate(model.blocks):
+            z = x + blk.attn(blk.norm1(x))
+            odl, h = blk.ista, blk.norm2(z)
+            c1 = torch.relu(odl.eta * (h @ odl.D) - odl.eta * odl.lambd)
+            code = torch.relu(c1 - odl.eta * ((c1 @ odl.D.t() - h) @ odl.D) - odl.eta * odl.lambd)
+            out = z + code @ odl.D1.t()
+            row, u = stats.rows[i], blk.attn.subspaces()
+            assert row["compression_in"] == pytest.approx(compression(unit_tokens(x), u).mean().item(), rel=1e-6)
+            assert row["compression"] == pytest.approx(compression(unit_tokens(z), u).mean().item(), rel=1e-6)
+            assert row["coding_rate"] == pytest.approx(coding_rate(unit_tokens(out)).mean().item(), rel=1e-5)
+            assert row["sparsity"] == pytest.approx(sparsity(code).mean().item(), abs=1e-12)
+            assert row["l1"] == pytest.approx(code.abs().sum(-1).mean().item(), rel=1e-4)
+            assert 0.2 < row["sparsity"] < 1.0 and sparsity(out).max() == 0
+            x = out
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+
+
 def test_options_change_what_is_measured(images: torch.Tensor) -> None:
     model = tiny("crate_tiny")
     unit = layerwise_stats(model, images)

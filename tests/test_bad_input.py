@@ -8,7 +8,7 @@ from conftest import tiny_kwargs
 
 import whitebox
 
-NAMES = ["crate_tiny", "crate_mae_tiny", "vit_mae_base"]
+NAMES = ["crate_tiny", "crate_alpha_base_patch16", "crate_mae_tiny", "vit_mae_base"]
 
 
 def _create(name, **kwargs):

@@ -122,8 +122,9 @@ def test_bf16_error_is_the_references(images):
     assert ours_err <= 1.5 * ref_err
 
 
-def test_crate_classifier_bf16_close_to_fp32(images):
-    model = whitebox.create_model("crate_tiny", **tiny_kwargs("crate_tiny"), num_classes=10).eval()
+@pytest.mark.parametrize("name", ["crate_tiny", "crate_alpha_base_patch16"])
+def test_crate_classifier_bf16_close_to_fp32(images, name):
+    model = whitebox.create_model(name, **tiny_kwargs(name), num_classes=10).eval()
     with torch.no_grad():
         ref_feats, ref_logits = model.forward_features(images), model(images)
         with torch.autocast("cpu", dtype=torch.bfloat16):

@@ -9,7 +9,7 @@ from torch.export import Dim
 import whitebox
 
 SMALL = dict(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4)
-CASES = ["crate_tiny", "crate_mae_tiny", "vit_mae_base"]
+CASES = ["crate_tiny", "crate_alpha_base_patch16", "crate_mae_tiny", "vit_mae_base"]
 
 
 def _exportable(name: str) -> torch.nn.Module:

@@ -95,6 +95,30 @@ def test_crate_encoder_matches_flop_counter_mode():
     assert counter.get_total_flops() == 2 * count_flops(model, mode="features").total
 
 
+def test_crate_alpha_closed_form_and_flop_counter_mode():
+    # By hand, per layer: MSSA 4 N d^2 (U, W_out) + 4 N^2 d; ODL with D, D1 of d x 4d and two ISTA steps:
+    # x D (8 N d^2), z D^T and (.) D (16 N d^2), z D1^T (8 N d^2). Conv stem on the patches, head on one token.
+    for name, patch, d, depth in (
+        ("crate_alpha_base_patch16", 16, 768, 12),
+        ("crate_alpha_large_patch14", 14, 1024, 24),
+    ):
+        n = (224 // patch) ** 2 + 1
+        layer = 36 * n * d * d + 4 * n * n * d
+        expected = depth * layer + 2 * (n - 1) * d * 3 * patch * patch + 2 * d * 1000
+        count = count_flops(_meta(name))
+        assert count.total == expected
+        assert count.breakdown["encoder.ista"] == depth * 24 * n * d * d
+        assert count.breakdown["encoder.decode"] == depth * 8 * n * d * d
+    model = _explicit_attention(whitebox.create_model("crate_alpha_base_patch16", **tiny_kwargs("crate_tiny")))
+    x = torch.randn(2, 3, 32, 32)
+    assert sum(_measure(model, x).values()) == 2 * count_flops(model).total
+    with FlopCounterMode(display=False) as counter:
+        model.forward_features(x)
+    assert counter.get_total_flops() == 2 * count_flops(model, mode="features").total
+    model.blocks[0].ista.iterations = 3  # one more step: z D^T and (.) D once more
+    assert sum(_measure(model, x).values()) == 2 * count_flops(model).total
+
+
 def test_fused_attention_counted_per_op():
     """On the fused path the products outside SDPA match exactly; SDPA itself is counted by
     FlopCounterMode only where torch registers a formula for the kernel the device dispatches to

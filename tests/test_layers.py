@@ -7,7 +7,16 @@ import torch
 from reference import Attention, DecoderBlock, EncoderBlock, ISTAStep, LinearStep, sincos_table
 from torch import nn
 
-from whitebox.layers import ISTA, CrateBlock, CrateDecoderBlock, SinCosPosEmbed, SubspaceAttention, sincos_2d
+from whitebox.layers import (
+    ISTA,
+    CrateAlphaBlock,
+    CrateBlock,
+    CrateDecoderBlock,
+    OvercompleteISTA,
+    SinCosPosEmbed,
+    SubspaceAttention,
+    sincos_2d,
+)
 
 DIM, HEADS = 48, 6
 
@@ -145,6 +154,8 @@ LAYERS = {
     "ista": lambda: ISTA(DIM),
     "encoder": lambda: CrateBlock(DIM, HEADS),
     "decoder": lambda: CrateDecoderBlock(DIM, HEADS),
+    "overcomplete_ista": lambda: OvercompleteISTA(DIM),
+    "alpha": lambda: CrateAlphaBlock(DIM, HEADS),
 }
 
 

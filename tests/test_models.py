@@ -30,6 +30,8 @@ def _run(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
 def test_every_family_is_registered():
     expected = {f"crate_{s}" for s in ("tiny", "small", "base", "large")}
     expected |= {f"crate_mae_{s}" for s in ("tiny", "small", "base", "large")} | {"vit_mae_base", "vit_mae_large"}
+    expected |= {f"crate_alpha_{s}_patch{p}" for s, p in [("base", 8), ("base", 16), ("base", 32), ("large", 8)]}
+    expected |= {"crate_alpha_large_patch14", "crate_alpha_large_patch32"}
     assert expected <= set(MODELS)
 
 
@@ -44,6 +46,12 @@ PARAMS = {
     "crate_mae_base": 43.75,
     "crate_mae_large": 154.27 - 1.05 - 0.40,
     "vit_mae_base": 143.49 - 0.59,  # official harness: unused decoder_embed
+    "crate_alpha_base_patch32": 73.99,  # CRATE-alpha: the official class, all parameters used
+    "crate_alpha_base_patch16": 72.33,
+    "crate_alpha_base_patch8": 72.34,
+    "crate_alpha_large_patch32": 255.98,
+    "crate_alpha_large_patch14": 253.65,
+    "crate_alpha_large_patch8": 253.79,
 }
 
 

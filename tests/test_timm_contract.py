@@ -29,6 +29,7 @@ def _small(name: str, **kwargs) -> torch.nn.Module:
 
 def test_supervised_models_are_known():
     assert {"crate_tiny", "crate_small", "crate_base", "crate_large"} <= set(SUPERVISED)
+    assert {"crate_alpha_base_patch16", "crate_alpha_large_patch14"} <= set(SUPERVISED)
 
 
 @pytest.mark.parametrize("name", timm.list_models([f"{n}*" for n in ALL], include_tags=True))

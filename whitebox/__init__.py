@@ -1,4 +1,4 @@
-"""whitebox: white-box transformers for vision (CRATE, CRATE-MAE), built the way timm is built.
+"""whitebox: white-box transformers for vision (CRATE, CRATE-MAE, CRATE-alpha), built the way timm is built.
 
 ``import whitebox`` registers every model in timm's registry; ``whitebox.create_model`` and
 ``timm.create_model`` build the same models with the same weights.

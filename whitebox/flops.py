@@ -1,4 +1,4 @@
-"""Exact analytic FLOP counts for CRATE, CRATE-MAE and ViT-MAE, per image.
+"""Exact analytic FLOP counts for CRATE, CRATE-alpha, CRATE-MAE and ViT-MAE, per image.
 
 Conventions (the ones model-FLOPs utilisation is usually stated in):
 
@@ -8,7 +8,11 @@ Conventions (the ones model-FLOPs utilisation is usually stated in):
 * Attention costs its two products: ``w_k w_k^T`` (scores) and ``softmax(.) w_k`` (values), each
   ``2 N^2 p`` per head, so ``2 N^2 d_attn`` each per layer. MSSA's q = k = v changes nothing here.
 * ISTA is counted in the two-product form that is computed:
-  ``relu(z + eta * (z - z D^T) D - eta * lambda)`` costs ``2 * 2 N d^2``.
+  ``relu(z + eta * (z - z D^T) D - eta * lambda)`` costs ``2 * 2 N d^2``. CRATE-alpha's overcomplete
+  step (D, D1: d x r d, k iterations from zero) costs ``2 N d r d`` for ``x D``, twice that for each
+  further iteration (``z D^T``, then ``(.) D``), and ``2 N r d d`` for the decoding ``z D1^T``: with the
+  official r = 4, k = 2, ``32 N d^2`` (``encoder.ista`` 24, ``encoder.decode`` 8), against 16 N d^2 for a
+  ViT MLP of ratio 4.
 * Element-wise work (norms, softmax, activations, bias adds, residuals, the loss, masking) is
   not counted: it is O(N d) and limited by memory bandwidth, not by matrix units.
 * The MAE encoder runs on the FULL sequence (masked patches become mask tokens), so counts do not
@@ -32,7 +36,16 @@ from typing import Literal
 
 from torch import nn
 
-from .layers import ISTA, ConvPatchEmbed, CrateBlock, CrateDecoderBlock, LinearPatchEmbed, SubspaceAttention
+from .layers import (
+    ISTA,
+    ConvPatchEmbed,
+    CrateAlphaBlock,
+    CrateBlock,
+    CrateDecoderBlock,
+    LinearPatchEmbed,
+    OvercompleteISTA,
+    SubspaceAttention,
+)
 from .models import MaskedAutoencoder, TokenEncoder
 
 Mode = Literal["forward", "features", "train"]
@@ -118,6 +131,12 @@ def _block(block: nn.Module, n: int, prefix: str, out: dict[str, int]) -> None:
         ista: ISTA = block.ista
         d_out, d_in = ista.weight.shape
         _add(out, f"{prefix}.ista", 2 * (2 * n * d_in * d_out))  # z D^T, then (z - z D^T) D
+    elif isinstance(block, CrateAlphaBlock):
+        _attention(block.attn, n, f"{prefix}.attn", out)
+        odl: OvercompleteISTA = block.ista
+        d, code = odl.D.shape
+        _add(out, f"{prefix}.ista", (1 + 2 * (odl.iterations - 1)) * 2 * n * d * code)  # x D; (z D^T - x) D
+        _add(out, f"{prefix}.decode", 2 * n * code * d)  # z D1^T
     elif isinstance(block, CrateDecoderBlock):
         _add(out, f"{prefix}.linear", _linear(block.linear, n))
         _attention(block.attn, n, f"{prefix}.attn", out)
@@ -171,7 +190,7 @@ def count_flops(model: nn.Module, img_size: int | tuple[int, int] | None = None,
     """Exact matrix-product FLOPs of one image (see the module docstring for what is counted).
 
     Args:
-        model: a ``MaskedAutoencoder`` (CRATE-MAE, ViT-MAE) or a ``TokenEncoder`` (CRATE).
+        model: a ``MaskedAutoencoder`` (CRATE-MAE, ViT-MAE) or a ``TokenEncoder`` (CRATE, CRATE-alpha).
         img_size: image size to count at (int or (H, W)); default: the size the model was built for.
         mode: ``'forward'`` — an MAE's masked-reconstruction forward (encoder, decoder, pixel head),
             or a classifier's forward (features and head); ``'features'`` — ``forward_features``

@@ -9,8 +9,8 @@ two steps, and its output, on one forward pass over a batch of images. The colum
 ``compression_in`` ``R^c`` of the tokens *before* the block's MSSA step, with that block's U
 ``compression``    ``R^c`` of the tokens *after* the block's MSSA step, with that block's U
 ``coding_rate``    ``R`` of the block output
-``sparsity``       fraction of exact zeros in the block output
-``l1``             mean l1 norm of a block-output token
+``sparsity``       fraction of exact zeros in the block output (CRATE-alpha: in the sparse code)
+``l1``             mean l1 norm of a block-output token (CRATE-alpha: of a sparse-code token)
 ``*_std``          standard deviation over the images of the column before it
 =================  =========================================================================
 
@@ -21,6 +21,9 @@ Which tokens each is measured on (``CrateBlock``: ``z = x + MSSA(LN_1(x)); out =
   (``Z^{l+1/2}``, the paper's ``R^c(Z^{l+1/2})``); sparsity and coding rate on ``out``, the ISTA
   output ``Z^{l+1}``. MSSA is a descent step on ``R^c``, so expect ``compression <
   compression_in`` in a trained model; ISTA is a step towards sparse codes, so expect sparsity > 0.
+- CRATE-alpha (``CrateAlphaBlock``: ``z = x + MSSA(LN_1(x)); out = z + D1 c`` with the sparse code
+  ``c = ODL(LN_2(z))``, (N, 4d)): compression as in the encoder, on ``x`` and ``z``; sparsity and l1 on
+  the code ``c`` (the block output adds the residual ``z``, so it is not sparse); coding rate on ``out``.
 - decoder: ``compression_in`` on ``y`` (after the linear step that undoes ISTA), ``compression`` on
   ``out`` (after the MSSA step, whose minus sign undoes compression: expect it to go *up*).
 - blocks without subspace attention (ViT-MAE's timm blocks): only ``coding_rate``, ``sparsity`` and
@@ -51,7 +54,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..layers import CrateBlock, CrateDecoderBlock
+from ..layers import CrateAlphaBlock, CrateBlock, CrateDecoderBlock
 from ._model import block_stacks, encoder_of, evaluating, image_geometry, run
 from .images import default_images, normalize_images, render, require_matplotlib, save_png, write_text
 from .measures import _check_tokens, _coding_rate, _compression, _unit_tokens
@@ -147,7 +150,7 @@ class LayerwiseStats:
         axes = fig.subplots(1, 3)
         panels = (
             ("compression", r"$R^c(Z^{\ell+1/2};\,U^{\ell})$ after MSSA", "o"),
-            ("sparsity", "fraction of zeros in the block output", "s"),
+            ("sparsity", "fraction of zeros in the block output / sparse code", "s"),
             ("coding_rate", r"$R(Z^{\ell+1})$ of the block output", "^"),
         )
         offset = 0
@@ -226,13 +229,18 @@ class _Recorder:
 
             return hook
 
+        def grab_code(_m: nn.Module, _args: tuple[Any, ...], out: torch.Tensor) -> None:
+            record["code"] = out
+
         def done(_m: nn.Module, _args: tuple[Any, ...], out: torch.Tensor) -> None:
             self.rows.append(self.measure(stage, index, blk, record, out))
             record.clear()
 
         self.handles.append(blk.register_forward_pre_hook(grab("in")))
-        if isinstance(blk, (CrateBlock, CrateDecoderBlock)):
+        if isinstance(blk, (CrateBlock, CrateDecoderBlock, CrateAlphaBlock)):
             self.handles.append(blk.norm2.register_forward_pre_hook(grab("mid")))
+        if isinstance(blk, CrateAlphaBlock):  # the sparse code, before the decoding dictionary
+            self.handles.append(blk.ista.code.register_forward_hook(grab_code))
         self.handles.append(blk.register_forward_hook(done))
 
     def measure(
@@ -240,19 +248,21 @@ class _Recorder:
     ) -> Row:
         row: Row = dict.fromkeys(COLUMNS)
         row.update(stage=stage, block=index)
-        if isinstance(blk, (CrateBlock, CrateDecoderBlock)):
+        if isinstance(blk, (CrateBlock, CrateDecoderBlock, CrateAlphaBlock)):
             # encoder: x -> z (MSSA step); decoder: y -> out (MSSA step); both with this block's U
-            before, after = (record["in"], record["mid"]) if isinstance(blk, CrateBlock) else (record["mid"], out)
+            encoder = isinstance(blk, (CrateBlock, CrateAlphaBlock))
+            before, after = (record["in"], record["mid"]) if encoder else (record["mid"], out)
             u = blk.attn.subspaces().detach()
             row["compression_in"] = _compression(self.rate_tokens(before), u, self.eps).mean().item()
             c = _compression(self.rate_tokens(after), u, self.eps)
             row["compression"], row["compression_std"] = c.mean().item(), c.std(correction=0).item()
         raw = self.tokens(out)
         r = _coding_rate(self.rate_tokens(raw, checked=True), self.eps)
-        s = (raw == 0).to(torch.float64).mean(dim=(-2, -1))  # = sparsity(raw), per image
+        sparse = self.tokens(record["code"]) if "code" in record else raw  # CRATE-alpha: the code, not out
+        s = (sparse == 0).to(torch.float64).mean(dim=(-2, -1))  # = sparsity(sparse), per image
         row["coding_rate"], row["coding_rate_std"] = r.mean().item(), r.std(correction=0).item()
         row["sparsity"], row["sparsity_std"] = s.mean().item(), s.std(correction=0).item()
-        row["l1"] = raw.to(torch.float64).abs().sum(-1).mean().item()  # = l1_norm(raw).mean()
+        row["l1"] = sparse.to(torch.float64).abs().sum(-1).mean().item()  # = l1_norm(sparse).mean()
         return row
 
     def remove(self) -> None:

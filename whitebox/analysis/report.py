@@ -134,8 +134,9 @@ img{{max-width:100%;display:block;margin:0.5em 0}}</style></head><body>
 written in {time.perf_counter() - start:.1f} s.</p>
 <h2>Layer-wise measurements</h2>
 <p>compression = R<sup>c</sup> against the block's subspaces U after its MSSA step (compression_in: before it);
-sparsity = fraction of exact zeros in the block output; coding_rate = R of the block output; means over images,
-*_std their standard deviations. Measured with {html.escape(info)}.
+sparsity = fraction of exact zeros in the block output (CRATE-alpha: in its sparse code);
+coding_rate = R of the block output; means over images, *_std their standard deviations.
+Measured with {html.escape(info)}.
 Files: <a href="layerwise.md">layerwise.md</a>, <a href="layerwise.csv">layerwise.csv</a>.</p>
 {_table_html(stats)}
 <img src="layerwise.png" alt="layer-wise plot">

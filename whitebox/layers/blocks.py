@@ -1,4 +1,4 @@
-"""CRATE encoder layer f^l and decoder layer g^l, each built from the two optimisation steps."""
+"""CRATE encoder layer f^l, decoder layer g^l and the CRATE-alpha layer, each built from two optimisation steps."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from torch import nn
 
 from .ista import ISTA
 from .mssa import SubspaceAttention
+from .overcomplete_ista import OvercompleteISTA
 
 
 class CrateBlock(nn.Module):
@@ -76,3 +77,40 @@ class CrateDecoderBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.linear(self.norm1(x))
         return y - self.drop_path(self.attn(self.norm2(y)))
+
+
+class CrateAlphaBlock(nn.Module):
+    r"""CRATE-alpha layer: compress with MSSA, then sparse-code against an overcomplete dictionary.
+
+    Pre-norm, with a residual around each step (``ODL`` is ``OvercompleteISTA``)::
+
+        x = x + MSSA(LN_1(x))       (output projection without bias)
+        x = x + ODL(LN_2(x))        (two ISTA steps from zero on LN_2(x), decoded by D1)
+
+    LayerNorm eps is 1e-6 as in the authors' ``PreNorm``. ``drop_path`` (stochastic depth, off in the
+    released models) applies to both branches, since both now have a residual to fall back to.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        expansion: int = 4,
+        eta: float = 0.1,
+        lambd: float = 0.1,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+        drop_path: float = 0.0,
+        norm_eps: float = 1e-6,
+        fused_attn: bool | None = None,
+    ) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
+        self.attn = SubspaceAttention(dim, num_heads, attn_drop, proj_drop, fused_attn, proj_bias=False)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
+        self.ista = OvercompleteISTA(dim, expansion=expansion, eta=eta, lambd=lambd)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x)))
+        return x + self.drop_path(self.ista(self.norm2(x)))

@@ -17,7 +17,7 @@ class SubspaceAttention(nn.Module):
 
         w   = z U                                          (split into h heads of p = d / h)
         a_k = softmax(w_k w_k^T / sqrt(p)) w_k
-        out = [a_1, ..., a_h] W_out + b_out
+        out = [a_1, ..., a_h] W_out + b_out                (b_out only with ``proj_bias``)
 
     This is one gradient step that lowers the coding rate of the tokens against the heads'
     subspaces ``U_k``. The fused path calls ``F.scaled_dot_product_attention(w, w, w)`` (memory
@@ -30,6 +30,7 @@ class SubspaceAttention(nn.Module):
         attn_drop: dropout on the attention probabilities (official default 0).
         proj_drop: dropout after the output projection (official default 0).
         fused_attn: use SDPA; ``None`` follows timm's global ``use_fused_attn()`` switch.
+        proj_bias: give the output projection a bias (CRATE, CRATE-MAE); CRATE-alpha has none.
     """
 
     def __init__(
@@ -39,6 +40,7 @@ class SubspaceAttention(nn.Module):
         attn_drop: float = 0.0,
         proj_drop: float = 0.0,
         fused_attn: bool | None = None,
+        proj_bias: bool = True,
     ) -> None:
         super().__init__()
         if dim % num_heads != 0:
@@ -49,7 +51,7 @@ class SubspaceAttention(nn.Module):
         self.fused_attn = use_fused_attn() if fused_attn is None else fused_attn
         self.qkv = nn.Linear(dim, dim, bias=False)  # U: q = k = v
         self.attn_drop = nn.Dropout(attn_drop)
-        self.proj = nn.Linear(dim, dim)  # W_out, b_out
+        self.proj = nn.Linear(dim, dim, bias=proj_bias)  # W_out, b_out
         self.proj_drop = nn.Dropout(proj_drop)
 
     def subspaces(self) -> torch.Tensor:

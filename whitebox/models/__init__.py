@@ -3,7 +3,17 @@
 from ._encoder import TokenEncoder
 from ._mae import MAEOutput, MAEReconstruction, MaskedAutoencoder
 from .crate import CRATE
+from .crate_alpha import CrateAlpha
 from .crate_mae import CrateMAE
 from .vit_mae import ViTMAE
 
-__all__ = ["CRATE", "CrateMAE", "MAEOutput", "MAEReconstruction", "MaskedAutoencoder", "TokenEncoder", "ViTMAE"]
+__all__ = [
+    "CRATE",
+    "CrateAlpha",
+    "CrateMAE",
+    "MAEOutput",
+    "MAEReconstruction",
+    "MaskedAutoencoder",
+    "TokenEncoder",
+    "ViTMAE",
+]
