@@ -21,6 +21,7 @@ from registry import build_model_with_cfg, generate_default_cfgs, register_model
 
 from ..layers import CrateAlphaBlock
 from ._adapt import adapt_state_dict, clean_state_dict, prenorm_block, rename_all
+from ._args import check_float, check_int, check_rates
 from ._encoder import GlobalPool, TokenEncoder
 
 __all__ = ["CrateAlpha"]
@@ -62,6 +63,10 @@ class CrateAlpha(TokenEncoder):
         dynamic_img_size: bool = False,
         fused_attn: bool | None = None,
     ) -> None:
+        check_int("expansion", expansion, 1, 64)
+        check_float("eta", eta, 0.0, open_low=True)
+        check_float("lambd", lambd, 0.0)
+        check_rates(attn_drop_rate=attn_drop_rate, proj_drop_rate=proj_drop_rate)
         super().__init__(
             block_fn=CrateAlphaBlock,
             img_size=img_size,
