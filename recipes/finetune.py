@@ -44,6 +44,7 @@ from whitebox.train import (
 )
 from whitebox.train.checkpoint import seed_everything
 from whitebox.train.common import (
+    add_labelled_data_args,
     add_model_shape_args,
     add_run_args,
     amp_context,
@@ -67,12 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_shape_args(p)
     p.add_argument("--global-pool", default="avg", choices=("token", "avg"))
     p.add_argument("--drop-path", type=float, default=0.1)
-    p.add_argument("--data", required=True, help="labelled data: .npz, image folder or 'cifar10'")
-    p.add_argument("--test-data", default=None, help="a file or folder of test images (default: test split of --data)")
-    p.add_argument("--train-split", default="train")
-    p.add_argument("--test-split", default="test")
-    p.add_argument("--download", action="store_true")
-    p.add_argument("--data-root", default="data")
+    add_labelled_data_args(p)
     p.add_argument("--epochs", type=int, default=100)
     p.add_argument("--batch-size", type=int, default=64, help="per rank")
     p.add_argument("--accum-iter", type=int, default=1)
@@ -206,12 +202,7 @@ class Finetuning(TrainLoop):
                     loss = self.criterion(self.train_model(x), y)
                 self.scaler.scale(loss / len(batches)).backward()
             total += loss.detach()
-        if self.args.clip_grad is not None:
-            self.scaler.unscale_(self.optimizer)
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.args.clip_grad)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer_step()
         return total / len(batches)
 
     @torch.no_grad()

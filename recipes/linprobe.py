@@ -26,6 +26,7 @@ from whitebox.io import write_json
 from whitebox.train import RunFolder, atomic_save, build_dataset
 from whitebox.train.checkpoint import seed_everything
 from whitebox.train.common import (
+    add_labelled_data_args,
     add_model_shape_args,
     check_positive,
     load_encoder,
@@ -47,12 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default=None, help="checkpoint from pretrain.py, or a weights file for --model")
     p.add_argument("--pretrained", action="store_true", help="load the registered pretrained weights")
     add_model_shape_args(p)
-    p.add_argument("--data", required=True, help="labelled data: .npz, image folder or 'cifar10'")
-    p.add_argument("--test-data", default=None, help="a file or folder of labelled test images (default: test split)")
-    p.add_argument("--train-split", default="train")
-    p.add_argument("--test-split", default="test")
-    p.add_argument("--download", action="store_true")
-    p.add_argument("--data-root", default="data")
+    add_labelled_data_args(p)
     p.add_argument("--max-train", type=int, default=None, help="use a seeded random subset of N training images")
     p.add_argument("--pool", default="token", choices=("token", "avg"), help="class token or mean of patch tokens")
     p.add_argument("--layer", type=int, default=None, help="block index for intermediate features (default: last)")

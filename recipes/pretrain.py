@@ -278,12 +278,7 @@ class MAEPretraining(TrainLoop):
                     loss = self.train_model(imgs, mask_ratio=self.args.mask_ratio, noise=noise).loss
                 self.scaler.scale(loss / len(batches)).backward()
             total += loss.detach()
-        if self.args.clip_grad is not None:
-            self.scaler.unscale_(self.optimizer)
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.args.clip_grad)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer_step()
         return total / len(batches)
 
     @torch.no_grad()

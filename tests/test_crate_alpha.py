@@ -309,14 +309,6 @@ CIFAR_SMALL = SHARED_DATA / "cifar10_small.npz"
 RECIPE_SHAPE = ["--img-size", "32", "--patch-size", "8", "--embed-dim", "32", "--depth", "1", "--num-heads", "2"]
 
 
-@pytest.fixture
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.mark.skipif(not CIFAR_SMALL.is_file(), reason=f"{CIFAR_SMALL} absent (shared data not on this machine)")
 def test_finetune_and_linprobe_from_the_hub_tag(tmp_path, hub, one_thread):
     from recipes.finetune import main as finetune

@@ -38,11 +38,8 @@ ENV = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def _one_thread(one_thread):
+    """Every test here runs training loops."""
 
 
 def _params(folder: Path, name: str = "checkpoint-last.pth") -> dict[str, torch.Tensor]:

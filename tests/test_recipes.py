@@ -26,12 +26,8 @@ TINY = ["--embed-dim", "32", "--depth", "1", "--num-heads", "2", "--no-progress"
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    # the CI machine has 2 shared cores: one intra-op thread avoids spin-wait slowdowns
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def _one_thread(one_thread):
+    """Every test here runs training loops."""
 
 
 def test_default_run_few_steps(tmp_path):

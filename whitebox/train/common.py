@@ -43,6 +43,17 @@ def json_object(text: str) -> dict[str, Any]:
     return value
 
 
+def add_labelled_data_args(parser: argparse.ArgumentParser) -> None:
+    """Labelled training and test images: the flags of fine-tuning and the linear probe."""
+    d = parser.add_argument_group("data")
+    d.add_argument("--data", required=True, help="labelled data: .npz, image folder or 'cifar10'")
+    d.add_argument("--test-data", default=None, help="a file or folder of labelled test images (default: test split)")
+    d.add_argument("--train-split", default="train")
+    d.add_argument("--test-split", default="test")
+    d.add_argument("--download", action="store_true", help="let torchvision download CIFAR-10 into --data-root")
+    d.add_argument("--data-root", default="data", help="where --data cifar10 lives")
+
+
 def add_run_args(parser: argparse.ArgumentParser, output: str, log_every: int = 10) -> argparse._ArgumentGroup:
     """The flags of a training run: output folder, resume, seed, device, precision, logging, data loading."""
     r = parser.add_argument_group("run")

@@ -139,6 +139,15 @@ class TrainLoop:
         """Metrics at a checkpoint (every rank calls it); must include ``self.score``."""
         raise NotImplementedError
 
+    def optimizer_step(self) -> None:
+        """After the micro-batches' backward passes: clip (``--clip-grad``), step through the scaler, clear."""
+        if getattr(self.args, "clip_grad", None) is not None:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.args.clip_grad)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+
     def on_step(self) -> None:
         """Called after every optimizer step."""
 
