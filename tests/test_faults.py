@@ -440,3 +440,15 @@ def test_a_pretraining_checkpoint_cannot_be_resumed_as_a_fine_tuning(tmp_path):
         ValueError, match=r"is a pretrain checkpoint, this is finetune: start from it with --checkpoint"
     ):
         finetune([*common, "--checkpoint", str(pre / "checkpoint-last.pth"), "--output", str(pre), "--resume", "auto"])
+
+
+def test_a_new_run_never_overwrites_an_earlier_one_unless_asked(tmp_path):
+    out = tmp_path / "run"
+    first = pretrain([*SHORT, "--output", str(out), "--stop-after", "2"])
+    before = (out / "checkpoint-last.pth").read_bytes()
+    with pytest.raises(FileExistsError, match=r"checkpoints of an earlier run; pass --resume auto .*--overwrite"):
+        pretrain([*SHORT, "--output", str(out)])
+    assert (out / "checkpoint-last.pth").read_bytes() == before
+    again = pretrain([*SHORT, "--output", str(out), "--stop-after", "2", "--overwrite"])
+    assert again["step"] == first["step"] == 2
+    assert [r["step"] for r in read_jsonl(out / "eval.jsonl")] == [1, 2]  # the new run's rows only

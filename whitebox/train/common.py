@@ -62,6 +62,9 @@ def add_run_args(parser: argparse.ArgumentParser, output: str, log_every: int = 
     r.add_argument(
         "--force-resume", action="store_true", help="resume even where data, seed or schedule differ (warns)"
     )
+    r.add_argument(
+        "--overwrite", action="store_true", help="start a new run in a folder that holds an earlier run's checkpoints"
+    )
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     r.add_argument("--precision", default="auto", help="auto (bf16 on GPU, fp32 on CPU), fp32, bf16, fp16")
@@ -70,7 +73,7 @@ def add_run_args(parser: argparse.ArgumentParser, output: str, log_every: int = 
         "--on-bad-image",
         default="skip",
         choices=BAD_IMAGE_POLICIES,
-        help="an unreadable image: skip it with a warning naming it (counted at the epoch end), or stop naming it",
+        help="an unreadable image: skip it with a warning naming it (counted at the next checkpoint), or stop",
     )
     r.add_argument("--log-every", type=int, default=log_every, help="steps per metrics row")
     r.add_argument("--save-every", type=int, default=0, help="also checkpoint every N steps (0: at epoch ends)")

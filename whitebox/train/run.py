@@ -31,16 +31,16 @@ import torch
 from registry import apply_state_dict
 
 from ..io import write_json
-from .checkpoint import atomic_save, find_resume, get_rng_state, remove_stale_temps, set_rng_state
+from .checkpoint import CHECKPOINT_NAMES, atomic_save, find_resume, get_rng_state, remove_stale_temps, set_rng_state
 from .distributed import DistInfo, all_reduce_mean, barrier
 from .logger import MetricsLogger, Progress
 
 LOCK_NAME = ".run.lock"
 # arguments that may change when a run resumes: where and how it runs, not what it computes
 FREE_ARGS = frozenset(
-    {"output", "resume", "force_resume", "device", "threads", "workers", "log_every", "save_every", "grid_every"}
+    {"output", "resume", "force_resume", "overwrite", "device", "threads", "workers", "log_every", "save_every"}
     | {"stop_after", "no_progress", "no_tensorboard", "compile", "grad_checkpointing", "download", "data_root"}
-    | {"on_bad_image"}
+    | {"on_bad_image", "grid_every"}
 )
 
 
@@ -279,9 +279,25 @@ class TrainLoop:
             "params": sum(p.numel() for p in self.model.parameters()),
         }
 
+    def _claim_output(self) -> None:
+        """A new run into a folder that holds another run's checkpoints: refuse, or with ``--overwrite`` clear them."""
+        earlier = [p for name in ("checkpoint-*.pth", "*.jsonl", "reconstruction_*.png") for p in self.out.glob(name)]
+        if not any(p.name in CHECKPOINT_NAMES for p in earlier):
+            return
+        if not getattr(self.args, "overwrite", False):
+            raise FileExistsError(
+                f"{self.out} holds the checkpoints of an earlier run; pass --resume auto to continue it, --overwrite "
+                "to replace it, or choose another --output"
+            )
+        if self.dist.is_main:
+            for path in earlier:
+                path.unlink(missing_ok=True)
+
     def run(self) -> dict[str, Any]:
         args, main = self.args, self.dist.is_main
         resumed = self.resume()
+        if not resumed:
+            self._claim_output()
         if self.step >= self.total_steps:
             if main:
                 print(f"{self.out}: this run already finished at step {self.step}; nothing to do", file=sys.stderr)
