@@ -14,7 +14,6 @@ keep per rank, so a resumed run continues the same random stream.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 from pathlib import Path
 from typing import Any
@@ -39,13 +38,11 @@ from whitebox.train import (
     init_distributed,
     make_loader,
     scaled_lr,
-    set_lr,
-    warmup_cosine,
 )
 from whitebox.train.checkpoint import seed_everything
 from whitebox.train.common import (
+    add_encoder_args,
     add_labelled_data_args,
-    add_model_shape_args,
     add_run_args,
     amp_context,
     check_positive,
@@ -62,10 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Fine-tune an encoder: a registered model (--pretrained) or a pretrain.py checkpoint",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--model", default=None, help="registered model (read from --checkpoint when it is pretrain.py's)")
-    p.add_argument("--checkpoint", default=None, help="checkpoint from pretrain.py, or a weights file for --model")
-    p.add_argument("--pretrained", action="store_true")
-    add_model_shape_args(p)
+    add_encoder_args(p)
     p.add_argument("--global-pool", default="avg", choices=("token", "avg"))
     p.add_argument("--drop-path", type=float, default=0.1)
     add_labelled_data_args(p)
@@ -185,25 +179,12 @@ class Finetuning(TrainLoop):
             self.train_model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         self.model.train()
 
-    def train_step(self, batches: list[dict[str, Any]]) -> torch.Tensor:
-        set_lr(
-            self.optimizer,
-            warmup_cosine(self.step, self.total_steps, self.warmup_steps, self.base_lr, self.args.min_lr),
-        )
-        total = torch.zeros((), device=self.device)
-        for i, batch in enumerate(batches):
-            x = batch["image"].to(self.device, non_blocking=True)
-            y = batch["label"].to(self.device, non_blocking=True)
-            if self.mixup is not None:
-                x, y = self.mixup(x, y)
-            no_sync = self.dist.distributed and i < len(batches) - 1
-            with self.train_model.no_sync() if no_sync else contextlib.nullcontext():
-                with amp_context(self.device, self.precision):
-                    loss = self.criterion(self.train_model(x), y)
-                self.scaler.scale(loss / len(batches)).backward()
-            total += loss.detach()
-        self.optimizer_step()
-        return total / len(batches)
+    def loss(self, batch: dict[str, Any]) -> torch.Tensor:
+        x = batch["image"].to(self.device, non_blocking=True)
+        y = batch["label"].to(self.device, non_blocking=True)
+        if self.mixup is not None:
+            x, y = self.mixup(x, y)
+        return self.criterion(self.train_model(x), y)
 
     @torch.no_grad()
     def evaluate(self, epoch_end: bool) -> dict[str, float]:

@@ -26,8 +26,8 @@ from whitebox.io import write_json
 from whitebox.train import RunFolder, atomic_save, build_dataset
 from whitebox.train.checkpoint import seed_everything
 from whitebox.train.common import (
+    add_encoder_args,
     add_labelled_data_args,
-    add_model_shape_args,
     check_positive,
     load_encoder,
     model_kwargs_from_args,
@@ -44,10 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Linear probe of a frozen encoder: a registered model (--pretrained) or a pretrain.py checkpoint",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--model", default=None, help="registered model (read from --checkpoint when it is pretrain.py's)")
-    p.add_argument("--checkpoint", default=None, help="checkpoint from pretrain.py, or a weights file for --model")
-    p.add_argument("--pretrained", action="store_true", help="load the registered pretrained weights")
-    add_model_shape_args(p)
+    add_encoder_args(p)
     add_labelled_data_args(p)
     p.add_argument("--max-train", type=int, default=None, help="use a seeded random subset of N training images")
     p.add_argument("--pool", default="token", choices=("token", "avg"), help="class token or mean of patch tokens")

@@ -42,8 +42,6 @@ from whitebox.train import (
     make_loader,
     param_groups_weight_decay,
     scaled_lr,
-    set_lr,
-    warmup_cosine,
 )
 from whitebox.train.checkpoint import seed_everything
 from whitebox.train.common import (
@@ -258,28 +256,16 @@ class MAEPretraining(TrainLoop):
             )
 
     # ----------------------------------------------------------------------------- step and evaluation
-    def train_step(self, batches: list[dict[str, Any]]) -> torch.Tensor:
-        set_lr(
-            self.optimizer,
-            warmup_cosine(self.step, self.total_steps, self.warmup_steps, self.base_lr, self.args.min_lr),
-        )
-        total = torch.zeros((), device=self.device)
-        for i, batch in enumerate(batches):
-            imgs = batch["image"].to(self.device, non_blocking=True)
-            noise = batch["noise"].to(self.device, non_blocking=True)
-            last = i == len(batches) - 1
-            sync = contextlib.nullcontext()
-            if self.args.fsdp:
-                self.model.set_requires_gradient_sync(last)  # reduce-scatter only on the last micro-batch
-            elif self.dist.distributed and not last:
-                sync = getattr(self.train_model, "_orig_mod", self.train_model).no_sync()
-            with sync:
-                with amp_context(self.device, self.precision):
-                    loss = self.train_model(imgs, mask_ratio=self.args.mask_ratio, noise=noise).loss
-                self.scaler.scale(loss / len(batches)).backward()
-            total += loss.detach()
-        self.optimizer_step()
-        return total / len(batches)
+    def gradient_sync(self, last: bool) -> contextlib.AbstractContextManager:
+        if self.args.fsdp:
+            self.model.set_requires_gradient_sync(last)  # reduce-scatter only on the last micro-batch
+            return contextlib.nullcontext()
+        return super().gradient_sync(last)
+
+    def loss(self, batch: dict[str, Any]) -> torch.Tensor:
+        imgs = batch["image"].to(self.device, non_blocking=True)
+        noise = batch["noise"].to(self.device, non_blocking=True)
+        return self.train_model(imgs, mask_ratio=self.args.mask_ratio, noise=noise).loss
 
     @torch.no_grad()
     def evaluate(self, epoch_end: bool) -> dict[str, float]:

@@ -43,6 +43,15 @@ def json_object(text: str) -> dict[str, Any]:
     return value
 
 
+def add_encoder_args(parser: argparse.ArgumentParser) -> None:
+    """The encoder to probe or fine-tune: a registered name (``--pretrained``) or a checkpoint, and its shape."""
+    g = parser.add_argument_group("encoder")
+    g.add_argument("--model", default=None, help="registered model (read from --checkpoint when the recipes wrote it)")
+    g.add_argument("--checkpoint", default=None, help="a checkpoint of the recipes, or a weights file for --model")
+    g.add_argument("--pretrained", action="store_true", help="load the registered pretrained weights of --model")
+    add_model_shape_args(parser)
+
+
 def add_labelled_data_args(parser: argparse.ArgumentParser) -> None:
     """Labelled training and test images: the flags of fine-tuning and the linear probe."""
     d = parser.add_argument_group("data")

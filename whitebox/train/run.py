@@ -17,6 +17,7 @@ Resuming with other run-defining arguments (data, seed, schedule, ...) is refuse
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import socket
@@ -32,8 +33,10 @@ from registry import apply_state_dict
 
 from ..io import write_json
 from .checkpoint import CHECKPOINT_NAMES, atomic_save, find_resume, get_rng_state, remove_stale_temps, set_rng_state
+from .common import amp_context
 from .distributed import DistInfo, all_reduce_mean, barrier
 from .logger import MetricsLogger, Progress
+from .schedule import set_lr, warmup_cosine
 
 LOCK_NAME = ".run.lock"
 # arguments that may change when a run resumes: where and how it runs, not what it computes
@@ -111,9 +114,10 @@ def changed_args(recorded: dict[str, Any], args: argparse.Namespace) -> list[str
 class TrainLoop:
     """The training loop of the recipes; a subclass provides the model and what a step and an evaluation are.
 
-    The subclass sets ``model`` (unwrapped), ``optimizer``, ``scaler``, ``loader`` over the
-    ``ResumableBatchSampler`` ``sampler``, ``steps_per_epoch``, ``total_steps`` and ``effective_batch``,
-    and implements ``train_step`` and ``evaluate``. ``score`` names the evaluation metric that picks
+    The subclass sets ``model`` (unwrapped) and ``train_model`` (DDP or compiled), ``optimizer``,
+    ``scaler``, ``precision``, ``loader`` over the ``ResumableBatchSampler`` ``sampler``,
+    ``steps_per_epoch``, ``total_steps``, ``warmup_steps``, ``base_lr`` and ``effective_batch``, and
+    implements ``loss`` (of a micro-batch) and ``evaluate``. ``score`` names the evaluation metric that picks
     ``checkpoint-best.pth`` (``higher_is_better`` says which way).
     """
 
@@ -131,22 +135,39 @@ class TrainLoop:
         self.evals: MetricsLogger | None = None
 
     # ----------------------------------------------------------------------------- what a subclass provides
-    def train_step(self, batches: list[dict[str, Any]]) -> torch.Tensor:
-        """One optimizer step over ``accum_iter`` micro-batches; the mean loss, on the device."""
+    def loss(self, batch: dict[str, Any]) -> torch.Tensor:
+        """The training loss of one micro-batch (called under autocast)."""
         raise NotImplementedError
 
     def evaluate(self, epoch_end: bool) -> dict[str, float]:
         """Metrics at a checkpoint (every rank calls it); must include ``self.score``."""
         raise NotImplementedError
 
-    def optimizer_step(self) -> None:
-        """After the micro-batches' backward passes: clip (``--clip-grad``), step through the scaler, clear."""
-        if getattr(self.args, "clip_grad", None) is not None:
+    def gradient_sync(self, last: bool) -> contextlib.AbstractContextManager:
+        """Under DDP, reduce gradients on the last micro-batch only."""
+        if self.dist.distributed and not last:
+            return getattr(self.train_model, "_orig_mod", self.train_model).no_sync()  # through torch.compile
+        return contextlib.nullcontext()
+
+    def train_step(self, batches: list[dict[str, Any]]) -> torch.Tensor:
+        """One optimizer step over the micro-batches: warmup + cosine lr, scaled backward passes,
+        ``--clip-grad``, the scaler's step. Returns the mean loss, on the device."""
+        lr = warmup_cosine(self.step, self.total_steps, self.warmup_steps, self.base_lr, self.args.min_lr)
+        set_lr(self.optimizer, lr)
+        total = torch.zeros((), device=self.device)
+        for i, batch in enumerate(batches):
+            with self.gradient_sync(i == len(batches) - 1):
+                with amp_context(self.device, self.precision):
+                    loss = self.loss(batch)
+                self.scaler.scale(loss / len(batches)).backward()
+            total += loss.detach()
+        if self.args.clip_grad is not None:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.args.clip_grad)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
+        return total / len(batches)
 
     def on_step(self) -> None:
         """Called after every optimizer step."""
