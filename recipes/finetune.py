@@ -52,6 +52,7 @@ from whitebox.train.common import (
     resolve_precision,
 )
 from whitebox.train.data import IMAGENET_MEAN, IMAGENET_STD, dataset_labels
+from whitebox.train.run import run_main
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -244,4 +245,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

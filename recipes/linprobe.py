@@ -36,7 +36,7 @@ from whitebox.train.common import (
 from whitebox.train.data import BAD_IMAGE_POLICIES
 from whitebox.train.distributed import resolve_device
 from whitebox.train.probe import linear_probe
-from whitebox.train.run import run_args
+from whitebox.train.run import run_args, run_main
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -118,4 +118,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

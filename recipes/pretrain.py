@@ -55,6 +55,7 @@ from whitebox.train.common import (
     resolve_precision,
 )
 from whitebox.train.data import fixed_batch
+from whitebox.train.run import run_main
 
 # What ``python recipes/pretrain.py`` with no data argument trains: a small CRATE-MAE on the bundled
 # photos, about a minute on two CPU cores. Flags given on the command line win.
@@ -347,4 +348,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -452,3 +452,10 @@ def test_a_new_run_never_overwrites_an_earlier_one_unless_asked(tmp_path):
     again = pretrain([*SHORT, "--output", str(out), "--stop-after", "2", "--overwrite"])
     assert again["step"] == first["step"] == 2
     assert [r["step"] for r in read_jsonl(out / "eval.jsonl")] == [1, 2]  # the new run's rows only
+
+
+def test_the_programs_end_a_user_error_with_its_message_not_a_traceback(tmp_path):
+    cmd = [sys.executable, str(ROOT / "recipes" / "pretrain.py"), "--batch-size", "0", "--output", str(tmp_path)]
+    out = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1 and out.stderr.strip().splitlines()[-1] == "error: --batch-size must be positive, got 0"
+    assert "Traceback" not in out.stderr

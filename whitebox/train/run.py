@@ -24,12 +24,13 @@ import socket
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from registry import apply_state_dict
+from registry import UnsafeCheckpointError, apply_state_dict
 
 from ..io import write_json
 from .checkpoint import CHECKPOINT_NAMES, atomic_save, find_resume, get_rng_state, remove_stale_temps, set_rng_state
@@ -97,6 +98,15 @@ class RunFolder:
         if self._fd is not None:
             os.close(self._fd)  # releases the lock
             self._fd = None
+
+
+def run_main(main: Callable[[], Any]) -> None:
+    """A recipe's ``__main__``: an error the user can act on (bad input, a file, a folder in use, a
+    refused resume) ends the program with ``error: MESSAGE`` and exit status 1, not a traceback."""
+    try:
+        main()
+    except (ValueError, OSError, FolderInUseError, UnsafeCheckpointError) as err:
+        sys.exit(f"error: {err}")
 
 
 def run_args(args: argparse.Namespace) -> dict[str, Any]:
