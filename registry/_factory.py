@@ -105,7 +105,7 @@ def read_model_config(location: str, source: str, cache_dir: str | os.PathLike[s
         raise ValueError(f"{path} is not valid JSON: {err}") from err
     if not isinstance(config, dict) or not isinstance(config.get("architecture"), str):
         raise ValueError(f"{path} names no 'architecture'; it was not written by save_pretrained or timm's save_for_hf")
-    known = {f for f in PretrainedCfg.__dataclass_fields__ if f not in ("gdrive_id", "sha256", "model_args")}
+    known = set(timm.models.PretrainedCfg.__dataclass_fields__)  # saved configs hold timm's fields only
     record = {k: v for k, v in (config.get("pretrained_cfg") or {}).items() if k in known}  # forward-compatible
     record.update(weights, source=source, architecture=config["architecture"])
     args = dict(config.get("model_args") or {})

@@ -10,7 +10,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from registry import checkpoint_model, create_model, is_model, load_state_dict, read_checkpoint, unwrap_state_dict
+from registry import (
+    checkpoint_model,
+    create_model,
+    load_state_dict,
+    model_entrypoint,
+    read_checkpoint,
+    unwrap_state_dict,
+)
 
 from .data import BAD_IMAGE_POLICIES
 
@@ -113,10 +120,8 @@ def model_kwargs_from_args(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def check_model_name(name: str) -> None:
-    if not is_model(name):
-        from registry import list_models
-
-        raise ValueError(f"unknown model {name!r}; registered: {', '.join(list_models())}")
+    """An unknown name fails here, before data is loaded, with the registry's message (closest names)."""
+    model_entrypoint(name)
 
 
 def amp_context(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
