@@ -23,6 +23,7 @@ from ._fetch import (
 )
 from ._load import (
     CheckpointFormatError,
+    HeadAdaptedWarning,
     UnsafeCheckpointError,
     apply_state_dict,
     load_checkpoint,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,14 @@ import timm.models
 from torch import nn
 
 from ._fetch import download_hf_hub, resolve_pretrained_file
-from ._load import CheckpointFormatError, FilterFn, load_state_dict, read_checkpoint, unwrap_state_dict
+from ._load import (
+    CheckpointFormatError,
+    FilterFn,
+    HeadAdaptedWarning,
+    load_state_dict,
+    read_checkpoint,
+    unwrap_state_dict,
+)
 from ._records import PretrainedCfg, _unknown, is_model, list_pretrained, resolve_pretrained_cfg
 
 # arguments a checkpoint's own may differ from: they adapt the weights or only change training behaviour
@@ -62,8 +70,11 @@ def build_model_with_cfg(
         )
     if pretrained or (isinstance(pretrained_cfg, str) and pretrained_cfg):
         kwargs = {**cfg.model_args, **kwargs}
-    state_dict = None
+    state_dict, source_args = None, dict(kwargs.get("pretrained_model_args") or {})
     if pretrained:
+        # what the weights were trained as: the record's input size and arguments, under a saved model's own
+        size = {"img_size": tuple(cfg.input_size[-2:])} if cfg.input_size else {}
+        source_args = {**size, **cfg.model_args, **source_args}
         path = resolve_pretrained_file(cfg, cache_dir)
         try:
             state_dict = unwrap_state_dict(read_checkpoint(path), str(path))
@@ -77,6 +88,7 @@ def build_model_with_cfg(
         model = model_cls(**model_kwargs)
         model._model_args = dict(model_kwargs)  # what rebuilds it (timm adds the caller's on top)
         if state_dict is not None:
+            model.pretrained_model_args = source_args
             load_state_dict(model, state_dict, f"{cfg.name} ({path})", pretrained_filter_fn)
         return model
 
@@ -181,14 +193,52 @@ def create_model(
             f"pretrained_cfg_overlay names weights ({', '.join(sorted(sources))}) but pretrained is False, so they "
             "would not load; pass pretrained=True (or checkpoint_path=PATH to load a file into the built model)"
         )
-    model = timm.models.create_model(
-        model_name,
-        pretrained=bool(pretrained),
-        pretrained_cfg=pretrained_cfg,
-        pretrained_cfg_overlay=pretrained_cfg_overlay,
-        cache_dir=cache_dir,
-        **kwargs,
-    )
+
+    def build(**extra: Any) -> nn.Module:
+        return timm.models.create_model(
+            model_name,
+            pretrained=bool(pretrained),
+            pretrained_cfg=pretrained_cfg,
+            pretrained_cfg_overlay=pretrained_cfg_overlay,
+            cache_dir=cache_dir,
+            **{**kwargs, **extra},
+        )
+
+    model = build()
     if checkpoint is not None:
-        load_state_dict(model, unwrap_state_dict(checkpoint, str(checkpoint_path)), str(checkpoint_path))
+        state = unwrap_state_dict(checkpoint, str(checkpoint_path))
+        model = _load_checkpoint(model, build, state, str(checkpoint_path), follow_head="num_classes" not in kwargs)
     return model
+
+
+def _part_holding(model: nn.Module, state: dict[str, Any]) -> str | None:
+    """The child module (``'encoder'``) whose keys hold all of ``state`` when none fits ``model`` itself."""
+    own = model.state_dict()
+    if not state or set(state) & set(own):
+        return None
+    for name, _ in model.named_children():
+        if set(state) <= {k[len(name) + 1 :] for k in own if k.startswith(f"{name}.")}:
+            return name
+    return None
+
+
+def _load_checkpoint(
+    model: nn.Module, build: Callable[..., nn.Module], state: dict[str, Any], source: str, follow_head: bool
+) -> nn.Module:
+    """Load ``state`` into ``model`` or the part of it the file holds; a head of another width is followed."""
+    part = _part_holding(model, state)
+    for attempt in range(2):
+        target = model.get_submodule(part) if part else model
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            load_state_dict(target, state, source)
+        head = next((w.message for w in caught if isinstance(w.message, HeadAdaptedWarning)), None)
+        if attempt or not follow_head or head is None or head.num_classes is None:
+            break
+        model = build(num_classes=head.num_classes)  # the caller named no width: the checkpoint's head is the model's
+    for w in caught:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    if part:  # a recipe's fine-tuned encoder: the classifier it holds, described as its parent is
+        for attr in ("pretrained_cfg", "default_cfg", "pretrained_model_args"):
+            setattr(target, attr, getattr(model, attr, None))
+    return target
