@@ -129,6 +129,7 @@ def checkpoint_model(obj: Any, path: str, model_name: str | None, kwargs: dict[s
     recorded = obj.get("model_name") if isinstance(obj, dict) else None
     if not isinstance(recorded, str):
         if model_name is None:
+            unwrap_state_dict(obj, path)  # names what the file holds when it holds no weights at all
             raise ValueError(f"{path} does not record its model (it was not written by the recipes); name the model")
         return model_name, kwargs
     if model_name is not None and timm.models.get_arch_name(model_name) != timm.models.get_arch_name(recorded):

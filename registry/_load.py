@@ -157,7 +157,10 @@ def unwrap_state_dict(obj: Any, source: str = "checkpoint") -> StateDict:
             break
         obj = inner
     top = list(obj)[:10] if isinstance(obj, dict) else type(obj).__name__
-    raise CheckpointFormatError(f"{source} holds no state dict of tensors (top level: {top})")
+    raise CheckpointFormatError(
+        f"{source} holds no state dict of tensors (top level: {top}; a state dict is looked for at the top "
+        f"or under {', '.join(map(repr, _WRAPPER_KEYS))})"
+    )
 
 
 class RecordedStateDict(dict):

@@ -1,0 +1,248 @@
+"""Weights load exactly what the user named, or say why not (issue 17, item 5).
+
+Heads that do not fit, position tables of another grid, checkpoints the programs write, and
+malformed files: each is adapted as documented, warned about by name, or refused by name.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from timm.layers import resample_abs_pos_embed
+
+import whitebox
+from registry import CheckpointFormatError, HeadAdaptedWarning, UnsafeCheckpointError, read_checkpoint
+
+SMALL = dict(img_size=16, patch_size=8, embed_dim=32, depth=1, num_heads=2)
+
+
+def _crate(**kw):
+    model = whitebox.create_model("crate_tiny", **{**SMALL, **kw}).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.2)
+    return model
+
+
+def _caught(fn):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = fn()
+    return out, [w.message for w in caught if isinstance(w.message, HeadAdaptedWarning)]
+
+
+# ----------------------------------------------------------------------------- heads
+def test_checkpoint_path_without_num_classes_builds_the_checkpoints_head(tmp_path):
+    ten = _crate(num_classes=10)
+    torch.save(ten.state_dict(), tmp_path / "ten.pth")
+    model, heads = _caught(lambda: whitebox.create_model("crate_tiny", checkpoint_path=tmp_path / "ten.pth", **SMALL))
+    assert model.num_classes == 10 and not heads
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(model.eval()(x), ten(x))
+
+
+@pytest.mark.parametrize("name", ["crate_tiny", "crate_mae_tiny", "crate_alpha_base_patch32"])
+def test_a_replaced_head_is_warned_with_keys_and_shapes(tmp_path, name):
+    """Another family, another head shape: the caller's num_classes wins, with a warning naming both."""
+    src = whitebox.create_model(name, **SMALL, num_classes=7)
+    torch.save(src.state_dict(), tmp_path / "w.pth")
+    model, heads = _caught(
+        lambda: whitebox.create_model(name, checkpoint_path=tmp_path / "w.pth", num_classes=4, **SMALL)
+    )
+    assert model.get_classifier().out_features == 4 and len(heads) == 1
+    assert "(7, 32)" in str(heads[0]) and "(4, 32)" in str(heads[0]) and heads[0].num_classes == 7
+    # and a head dropped for features (num_classes=0) is said too
+    model, heads = _caught(
+        lambda: whitebox.create_model(name, checkpoint_path=tmp_path / "w.pth", num_classes=0, **SMALL)
+    )
+    assert len(heads) == 1 and "dropped" in str(heads[0]) and "(7, 32)" in str(heads[0])
+
+
+def test_a_state_dict_without_head_weight_is_refused_by_name(tmp_path):
+    sd = _crate(num_classes=10).state_dict()
+    del sd["head.weight"]
+    torch.save(sd, tmp_path / "w.pth")
+    with pytest.raises(ValueError, match=r"missing keys \['head.weight'\]"):
+        whitebox.create_model("crate_tiny", checkpoint_path=tmp_path / "w.pth", num_classes=10, **SMALL)
+
+
+def test_a_backbone_without_head_loads_with_a_warning(tmp_path):
+    sd = {k: v for k, v in _crate(num_classes=10).state_dict().items() if not k.startswith("head.")}
+    torch.save(sd, tmp_path / "w.pth")
+    model, heads = _caught(lambda: whitebox.create_model("crate_tiny", checkpoint_path=tmp_path / "w.pth", **SMALL))
+    assert len(heads) == 1 and "has no head" in str(heads[0]) and "head.weight (1000, 32)" in str(heads[0])
+    assert heads[0].num_classes is None and model.num_classes == 1000
+
+
+# ----------------------------------------------------------------------------- position tables
+def _rect_source():
+    src = whitebox.create_model("crate_tiny", img_size=(16, 64), patch_size=4, embed_dim=32, depth=1, num_heads=2)
+    with torch.no_grad():
+        src.pos_embed.normal_()
+    want = resample_abs_pos_embed(src.pos_embed.detach(), [8, 32], old_size=[4, 16], num_prefix_tokens=1)
+    return src, want
+
+
+def test_rectangular_table_through_local_dir_uses_the_recorded_grid(tmp_path):
+    src, want = _rect_source()
+    whitebox.save_pretrained(src, tmp_path / "saved")
+    model = whitebox.create_model(f"local-dir:{tmp_path / 'saved'}", img_size=(32, 128))
+    torch.testing.assert_close(model.pos_embed, want)
+
+
+def test_rectangular_table_through_checkpoint_path(tmp_path):
+    src, want = _rect_source()
+    shape = dict(patch_size=4, embed_dim=32, depth=1, num_heads=2)
+    torch.save(src.state_dict(), tmp_path / "bare.pth")
+    with pytest.raises(
+        ValueError, match=r"pos_embed \(64 patch positions\).*could be .*4x16, 8x8.*pretrained_model_args"
+    ):
+        whitebox.create_model("crate_tiny", img_size=(32, 128), checkpoint_path=tmp_path / "bare.pth", **shape)
+    said = whitebox.create_model(
+        "crate_tiny",
+        img_size=(32, 128),
+        checkpoint_path=tmp_path / "bare.pth",
+        pretrained_model_args=dict(img_size=(16, 64)),
+        **shape,
+    )
+    torch.testing.assert_close(said.pos_embed, want)
+    # a recipe-style checkpoint records its arguments: no word needed
+    record = dict(model_name="crate_tiny", model_kwargs=dict(img_size=(16, 64), **shape), model=src.state_dict())
+    torch.save(record, tmp_path / "recorded.pth")
+    model = whitebox.create_model(checkpoint_path=tmp_path / "recorded.pth", img_size=(32, 128))
+    torch.testing.assert_close(model.pos_embed, want)
+
+
+def test_a_recorded_grid_that_does_not_fit_the_table_is_refused(tmp_path):
+    """Another member: the record says 2x8 but the table holds 4x16 positions."""
+    src, _ = _rect_source()
+    torch.save(src.state_dict(), tmp_path / "bare.pth")
+    with pytest.raises(ValueError, match=r"records img_size \(8, 32\) and patch_size 4, a 2x8 grid, not 64"):
+        whitebox.create_model(
+            "crate_tiny",
+            img_size=(32, 128),
+            patch_size=4,
+            embed_dim=32,
+            depth=1,
+            num_heads=2,
+            checkpoint_path=tmp_path / "bare.pth",
+            pretrained_model_args=dict(img_size=(8, 32)),
+        )
+
+
+# ----------------------------------------------------------------------------- files that are not what was expected
+def test_a_folder_as_checkpoint_path_says_so(tmp_path):
+    whitebox.save_pretrained(_crate(), tmp_path / "saved")
+    with pytest.raises(IsADirectoryError, match=r"is a folder.*model.safetensors.*local-dir:"):
+        whitebox.create_model("crate_tiny", checkpoint_path=tmp_path / "saved", **SMALL)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(IsADirectoryError, match="holds no weight files"):
+        read_checkpoint(tmp_path / "empty")
+
+
+@pytest.mark.parametrize("odd", [3, "text", None, [torch.zeros(1)], {"nested": torch.zeros(1)}])
+def test_a_non_tensor_entry_is_named(tmp_path, odd):
+    torch.save(dict(_crate().state_dict(), extra=odd), tmp_path / "w.pth")
+    with pytest.raises(CheckpointFormatError, match=rf"not tensors: 'extra' \(builtins.{type(odd).__name__}\)"):
+        whitebox.create_model("crate_tiny", checkpoint_path=tmp_path / "w.pth", **SMALL)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [pathlib.Path("/data/run"), np.float32(0.5), np.int64(3), np.arange(3)],
+    ids=["path", "f32", "i64", "array"],
+)
+def test_plain_values_in_training_args_are_not_called_code(tmp_path, value):
+    torch.save({"model": _crate().state_dict(), "args": {"value": value}, "epoch": 1}, tmp_path / "w.pth")
+    with pytest.raises(CheckpointFormatError) as err:
+        whitebox.create_model("crate_tiny", checkpoint_path=tmp_path / "w.pth", **SMALL)
+    msg = str(err.value)
+    assert "would run code" not in msg and "plain values" in msg and "safe_globals" in msg
+    assert ("pathlib" in msg) if isinstance(value, pathlib.Path) else ("numpy" in msg)
+
+
+class _Gadget:  # a class of the test module: its pickle would import and run it
+    pass
+
+
+def test_real_code_is_still_refused_as_code(tmp_path):
+    torch.save({"model": _crate().state_dict(), "args": {"p": pathlib.Path("/x"), "g": _Gadget()}}, tmp_path / "w.pth")
+    with pytest.raises(UnsafeCheckpointError, match=r"would run code .*_Gadget") as err:
+        read_checkpoint(tmp_path / "w.pth")
+    assert "pathlib" not in str(err.value)
+
+
+# ----------------------------------------------------------------------------- what the programs write
+RECIPE_TINY = ["--embed-dim", "32", "--depth", "1", "--num-heads", "2", "--no-progress", "--no-tensorboard"]
+
+
+def _labelled_npz(path):
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (24, 16, 16, 3), dtype=np.uint8)
+    y = np.arange(24) % 3
+    np.savez(path, x_train=x[:16], y_train=y[:16], x_test=x[16:], y_test=y[16:])
+    return path
+
+
+@pytest.mark.slow
+def test_every_checkpoint_the_programs_write_reloads_as_what_it_holds(tmp_path):
+    from recipes.finetune import main as finetune
+    from recipes.linprobe import main as linprobe
+    from recipes.pretrain import main as pretrain
+
+    data, pre, ft = _labelled_npz(tmp_path / "d.npz"), tmp_path / "pre", tmp_path / "ft"
+    shape = ["--img-size", "16", "--patch-size", "8"]
+    pretrain(
+        [
+            *shape,
+            "--samples-per-epoch",
+            "16",
+            "--batch-size",
+            "8",
+            "--stop-after",
+            "1",
+            "--output",
+            str(pre),
+            *RECIPE_TINY,
+        ]
+    )
+    common = ["--data", str(data), "--batch-size", "8", "--no-progress", "--workers", "0"]
+    finetune(["--checkpoint", str(pre / "checkpoint-last.pth"), *common, "--epochs", "1", "--output", str(ft)])
+    linprobe(["--checkpoint", str(pre / "checkpoint-last.pth"), "--data", str(data), "--output", str(tmp_path / "lp")])
+
+    mae = whitebox.create_model(checkpoint_path=pre / "checkpoint-last.pth")  # the pretrained autoencoder
+    assert type(mae).__name__ == "CrateMAE"
+    saved = read_checkpoint(ft / "checkpoint-last.pth")
+    clf, heads = _caught(lambda: whitebox.create_model(checkpoint_path=ft / "checkpoint-last.pth"))
+    assert not heads and clf.num_classes == 3 and clf.pretrained_cfg["architecture"] == "crate_mae_tiny"
+    assert type(clf).__name__ == "CRATE" and clf.global_pool == "avg"  # finetune.py's pooling, not the default
+    assert clf.state_dict().keys() == saved["model"].keys()
+    assert all(torch.equal(clf.state_dict()[k], v) for k, v in saved["model"].items())
+    with torch.no_grad():
+        assert clf.eval()(torch.randn(2, 3, 16, 16)).shape == (2, 3)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "whitebox.analysis",
+            "--checkpoint",
+            str(ft / "checkpoint-last.pth"),
+            "--out",
+            str(tmp_path / "rep"),
+            "--show",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    with pytest.raises(CheckpointFormatError, match=r"probe.pth holds no state dict of tensors .*'probe'"):
+        whitebox.create_model(checkpoint_path=tmp_path / "lp" / "probe.pth")
