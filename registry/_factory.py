@@ -19,7 +19,7 @@ from typing import Any
 import timm.models
 from torch import nn
 
-from ._fetch import download_hf_hub, resolve_pretrained_file
+from ._fetch import check_hub_repo, download_hf_hub, resolve_pretrained_file
 from ._load import (
     CheckpointFormatError,
     FilterFn,
@@ -104,24 +104,54 @@ def build_model_with_cfg(
 
 # ----------------------------------------------------------------------------- saved models and checkpoints
 def read_model_config(location: str, source: str, cache_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
-    """``config.json`` of a ``local-dir:`` folder or ``hf-hub:`` repository (timm's layout) as create_model kwargs."""
+    """``config.json`` of a ``local-dir:`` folder or ``hf-hub:`` repository (timm's layout) as create_model kwargs.
+
+    Raises:
+        ValueError: an empty or invalid location (``check_hub_repo``), or a malformed ``config.json``:
+            not UTF-8, not JSON, not an object, no ``architecture`` string, ``model_args`` or
+            ``pretrained_cfg`` that is not an object, a record field of the wrong type.
+        FileNotFoundError: a ``local-dir:`` folder without ``config.json``.
+    """
+    if not location or "\0" in location:
+        raise ValueError(f"{source}:{location!r} names no {'folder' if source == 'local-dir' else 'repository'}")
     if source == "local-dir":
         path, weights = Path(location).expanduser() / "config.json", dict(file=str(Path(location).expanduser()))
         if not path.is_file():
             raise FileNotFoundError(f"local-dir:{location} has no config.json (looked for {path})")
     else:
+        check_hub_repo(location)
         path, weights = download_hf_hub(location, "config.json", cache_dir=cache_dir), dict(hf_hub_id=location)
     try:
-        config = json.loads(Path(path).read_text(encoding="utf-8"))
+        config = json.loads(Path(path).read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path} is not UTF-8 text ({err}); a saved model's config.json is JSON in UTF-8") from err
     except json.JSONDecodeError as err:
         raise ValueError(f"{path} is not valid JSON: {err}") from err
-    if not isinstance(config, dict) or not isinstance(config.get("architecture"), str):
+    if not isinstance(config, dict):
+        raise ValueError(f"{path} holds a JSON {type(config).__name__}, not an object; expected {_CONFIG_SHAPE}")
+    if not isinstance(config.get("architecture"), str):
         raise ValueError(f"{path} names no 'architecture'; it was not written by save_pretrained or timm's save_for_hf")
+    for key in ("model_args", "pretrained_cfg"):
+        if config.get(key) is not None and not isinstance(config[key], dict):
+            raise ValueError(
+                f"{path}: {key!r} is a JSON {_json_type(config[key])}, expected an object; expected {_CONFIG_SHAPE}"
+            )
     known = set(timm.models.PretrainedCfg.__dataclass_fields__)  # saved configs hold timm's fields only
     record = {k: v for k, v in (config.get("pretrained_cfg") or {}).items() if k in known}  # forward-compatible
+    for key in ("file", "url", "hf_hub_id", "hf_hub_filename", "architecture", "tag"):
+        if record.get(key) is not None and not isinstance(record[key], str):
+            raise ValueError(f"{path}: pretrained_cfg.{key} is a JSON {_json_type(record[key])}, expected a string")
     record.update(weights, source=source, architecture=config["architecture"])
     args = dict(config.get("model_args") or {})
     return dict(model_name=config["architecture"], pretrained_cfg=record, pretrained_model_args=args, **args)
+
+
+_CONFIG_SHAPE = '{"architecture": "NAME", "model_args": {...}, "pretrained_cfg": {...}}'
+
+
+def _json_type(value: Any) -> str:
+    names = {list: "array", str: "string", bool: "boolean", int: "number", float: "number", type(None): "null"}
+    return names.get(type(value), "object" if isinstance(value, dict) else type(value).__name__)
 
 
 def checkpoint_model(obj: Any, path: str, model_name: str | None, kwargs: dict[str, Any]) -> tuple[str, dict[str, Any]]:

@@ -6,6 +6,7 @@ malformed files: each is adapted as documented, warned about by name, or refused
 
 from __future__ import annotations
 
+import json
 import pathlib
 import subprocess
 import sys
@@ -246,3 +247,142 @@ def test_every_checkpoint_the_programs_write_reloads_as_what_it_holds(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     with pytest.raises(CheckpointFormatError, match=r"probe.pth holds no state dict of tensors .*'probe'"):
         whitebox.create_model(checkpoint_path=tmp_path / "lp" / "probe.pth")
+
+
+# ----------------------------------------------------------------------------- sources and names
+@pytest.fixture
+def server(tmp_path, monkeypatch):
+    from _servers import LocalServer
+
+    monkeypatch.setenv("WHITEBOX_HOME", str(tmp_path / "whitebox"))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    for var in ("HF_HUB_CACHE", "HF_HUB_OFFLINE", "WHITEBOX_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+    with LocalServer() as srv:
+        monkeypatch.setenv("HF_ENDPOINT", srv.url)
+        yield srv
+
+
+def _written(tmp_path):
+    return sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
+
+
+def test_two_urls_with_one_file_name_are_two_cache_entries(tmp_path, server):
+    from safetensors.torch import save_file
+
+    a, b = _crate(num_classes=3), _crate(num_classes=3)
+    save_file(a.state_dict(), tmp_path / "a.safetensors")
+    save_file(b.state_dict(), tmp_path / "b.safetensors")
+    server.files["a/model.safetensors"] = (tmp_path / "a.safetensors").read_bytes()
+    server.files["b/model.safetensors"] = (tmp_path / "b.safetensors").read_bytes()
+    for src, where in ((a, "a"), (b, "b"), (a, "a")):
+        url = f"{server.url}/files/{where}/model.safetensors"
+        got = whitebox.create_model(
+            "crate_tiny", **SMALL, num_classes=3, pretrained=True, pretrained_cfg_overlay=dict(url=url)
+        )
+        assert all(torch.equal(got.state_dict()[k], v) for k, v in src.state_dict().items()), where
+    assert len(list((tmp_path / "whitebox").rglob("model.safetensors"))) == 2
+    # the same name with another query string is another address too
+    server.files["w.pth"] = b"x"
+    from registry import download_url
+
+    assert download_url(f"{server.url}/files/w.pth?v=1") != download_url(f"{server.url}/files/w.pth?v=2")
+
+
+BAD_HUB_NAMES = [
+    "",  # empty
+    "../outside",
+    "org/../../outside",
+    "/abs/path",
+    "org//name",
+    "org/name/extra",
+    "org/na me",
+    "org/name@",  # empty revision
+    "org/name@../../x",
+    "org/name@main//x",
+    "org--x/name",
+    "org/name\x00",
+    ".hidden/name",
+]
+
+
+@pytest.mark.parametrize("name", BAD_HUB_NAMES)
+def test_bad_hub_names_are_refused_before_any_request(tmp_path, server, name):
+    with pytest.raises(ValueError, match="invalid|names no|empty"):
+        whitebox.create_model(f"hf-hub:{name}")
+    if name:  # the same name as an overlay's hf_hub_id (an empty one is no source at all)
+        with pytest.raises(ValueError, match="invalid"):
+            overlay = dict(hf_hub_id=name)
+            whitebox.create_model("crate_tiny", **SMALL, pretrained=True, pretrained_cfg_overlay=overlay)
+    assert server.requests == [] and _written(tmp_path / "hf") == [] and _written(tmp_path / "whitebox") == []
+
+
+@pytest.mark.parametrize(
+    "overlay",
+    [
+        dict(hf_hub_id="org/name", hf_hub_filename="../../../etc/passwd"),
+        dict(hf_hub_id="org/name", hf_hub_filename="/abs.pth"),
+        dict(hf_hub_id="org/name", hf_hub_filename="dir//w.pth"),
+        dict(hf_hub_id="org/name", hf_hub_filename="dir\\..\\w.pth"),
+        dict(hf_hub_id="org/name", hf_hub_filename=""),
+        dict(url="file:///etc/passwd"),
+        dict(url="ftp://host/w.pth"),
+        dict(url="http:///w.pth"),
+        dict(gdrive_id="../../escape"),
+        dict(gdrive_id="id/with/slash"),
+        dict(url="http://127.0.0.1:9/w.pth", sha256="abc"),
+    ],
+    ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items())[:40],
+)
+def test_bad_overlay_parts_are_refused_before_any_request_or_write(tmp_path, server, overlay):
+    with pytest.raises(ValueError, match="invalid|expected|hexadecimal"):
+        whitebox.create_model("crate_tiny", **SMALL, pretrained=True, pretrained_cfg_overlay=overlay)
+    assert server.requests == [] and _written(tmp_path / "hf") == [] and _written(tmp_path / "whitebox") == []
+
+
+@pytest.mark.parametrize("tail", ["w.pth/..", "w.pth/%2e%2e", "..", "w.pth/.hidden", "a%2Fb"])
+def test_url_file_names_never_leave_the_cache_folder(tmp_path, server, tail):
+    from registry import cache_root, download_url
+
+    server.files["w.pth"] = b"bytes"
+    with pytest.raises(OSError, match="HTTP 404"):  # the server has no such file: nothing is kept either
+        download_url(f"{server.url}/files/{tail}")
+    entries = list((tmp_path / "whitebox").rglob("*"))
+    assert entries in ([], [cache_root()])  # nothing kept, no empty entry, nothing outside
+    assert download_url(f"{server.url}/files/w.pth").parent.parent == cache_root()
+
+
+@pytest.mark.parametrize("location", ["", "\x00"])
+def test_empty_local_dir_is_refused(location):
+    with pytest.raises(ValueError, match="names no folder"):
+        whitebox.create_model(f"local-dir:{location}")
+
+
+# ----------------------------------------------------------------------------- malformed config.json
+MALFORMED = {
+    "model_args a list": (
+        json.dumps({"architecture": "crate_tiny", "model_args": [1, 2]}).encode(),
+        r"'model_args' is a JSON array, expected an object",
+    ),
+    "pretrained_cfg a string": (
+        json.dumps({"architecture": "crate_tiny", "pretrained_cfg": "in1k"}).encode(),
+        r"'pretrained_cfg' is a JSON string",
+    ),
+    "not UTF-8": (b'{"architecture": "crate_\xff"}', "not UTF-8"),
+    "not JSON": (b"architecture: crate_tiny", "not valid JSON"),
+    "not an object": (b'["crate_tiny"]', "holds a JSON list, not an object"),
+    "architecture a number": (b'{"architecture": 3}', "names no 'architecture'"),
+    "model_args a number": (b'{"architecture": "crate_tiny", "model_args": 3}', r"'model_args' is a JSON number"),
+    "record field a list": (
+        json.dumps({"architecture": "crate_tiny", "pretrained_cfg": {"hf_hub_id": ["x"]}}).encode(),
+        r"pretrained_cfg.hf_hub_id is a JSON array",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(MALFORMED))
+def test_malformed_config_json_is_named(tmp_path, case):
+    data, message = MALFORMED[case]
+    (tmp_path / "config.json").write_bytes(data)
+    with pytest.raises(ValueError, match=message):
+        whitebox.create_model(f"local-dir:{tmp_path}")
