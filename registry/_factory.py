@@ -28,7 +28,14 @@ from ._load import (
     read_checkpoint,
     unwrap_state_dict,
 )
-from ._records import PretrainedCfg, _unknown, is_model, list_pretrained, resolve_pretrained_cfg
+from ._records import (
+    PretrainedCfg,
+    _unknown,
+    get_pretrained_cfg,
+    is_model,
+    list_pretrained,
+    resolve_pretrained_cfg,
+)
 
 # arguments a checkpoint's own may differ from: they adapt the weights or only change training behaviour
 ADAPTABLE_ARGS = frozenset(
@@ -238,8 +245,35 @@ def create_model(
     model = build()
     if checkpoint is not None:
         state = unwrap_state_dict(checkpoint, str(checkpoint_path))
+        _warn_tag_args(model, state, kwargs, str(checkpoint_path))
         model = _load_checkpoint(model, build, state, str(checkpoint_path), follow_head="num_classes" not in kwargs)
     return model
+
+
+def _warn_tag_args(model: nn.Module, state: dict[str, Any], kwargs: dict[str, Any], source: str) -> None:
+    """Warn when a file in a foreign (official) layout meets a model built without its tag's arguments.
+
+    ``checkpoint_path=`` applies no tag's ``model_args`` (only ``pretrained=True`` or a named tag does),
+    so ``crate_mae_base`` + the official CRATE-MAE-Base file would meet ``lambd=0.5``, not the 5.0 its
+    record holds. The file does not say which it needs; the caller is told, and chooses.
+    """
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    if not cfg.get("tag") or not cfg.get("architecture") or set(state) <= set(model.state_dict()):
+        return  # our own layout: its arguments are the caller's (or the file records them)
+    record = get_pretrained_cfg(f"{cfg['architecture']}.{cfg['tag']}")
+    params = inspect.signature(type(model)).parameters
+    built = {k: getattr(model, "_model_args", {}).get(k, getattr(params.get(k), "default", None)) for k in params}
+    differ = {k: v for k, v in record.model_args.items() if k not in kwargs and k in built and built[k] != v}
+    if differ:
+        mine = ", ".join(f"{k}={built[k]!r}" for k in differ)
+        theirs = ", ".join(f"{k}={v!r}" for k, v in differ.items())
+        warnings.warn(
+            f"{source} is in a foreign (official) layout; the released {record.name} weights need {theirs}, and this "
+            f"model was built with {mine} (checkpoint_path= applies no tag's arguments). If it is that file, use "
+            f"create_model({record.name!r}, checkpoint_path=...); if not, pass {theirs.split('=')[0]}=... to choose.",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def _part_holding(model: nn.Module, state: dict[str, Any]) -> str | None:

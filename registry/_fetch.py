@@ -140,7 +140,17 @@ def _check_sha256(path: Path, expected: str | None, what: str, advice: str = "")
 def _unavailable(what: str, dest: Path, how: str, reason: str) -> WeightsUnavailableError:
     return WeightsUnavailableError(
         f"cannot get {what}: {reason}, and it is not in the cache (looked for {dest}). To supply it by hand, "
-        f"{how} and save it as {dest} (or pass pretrained_cfg_overlay=dict(file=PATH) / checkpoint_path=PATH)."
+        f"{how} and save it as {dest}."
+    )
+
+
+def _route(name: str, cfg: Any) -> str:
+    """The calls that load a copy of ``name``'s weights from anywhere as that tag's model (its ``model_args`` too)."""
+    args = getattr(cfg, "model_args", None) or {}
+    built = f" (both build it with {', '.join(f'{k}={v!r}' for k, v in args.items())})" if args else ""
+    return (
+        f"Or load a copy from anywhere as {name}: create_model({name!r}, pretrained=True, "
+        f"pretrained_cfg_overlay=dict(file=PATH)) or create_model({name!r}, checkpoint_path=PATH){built}."
     )
 
 
@@ -293,10 +303,20 @@ def resolve_pretrained_file(cfg: Any, cache_dir: str | os.PathLike[str] | None =
     The first source set is used, in timm's order (``file``, ``hf_hub_id``, ``url``) then ``gdrive_id``;
     a failure is reported, never replaced by another source. ``file`` may be a folder (timm's
     ``local-dir`` source) and ``hf_hub_filename`` may be unset (a saved model's repository): the
-    weights are then the first of ``WEIGHT_FILES`` that exists.
+    weights are then the first of ``WEIGHT_FILES`` that exists. When a file cannot be had, the error
+    names the calls that load a copy as the tag's model (with its ``model_args``).
     """
     name = f"{cfg.architecture}.{cfg.tag}" if cfg.tag else cfg.architecture
     check_sources(cfg)
+    try:
+        return _resolve(cfg, cache_dir, name)
+    except WeightsUnavailableError as err:
+        if getattr(cfg, "source", None) in ("hf-hub", "local-dir"):  # a saved model: its message says how
+            raise
+        raise WeightsUnavailableError(f"{name}: {err} {_route(name, cfg)}") from err
+
+
+def _resolve(cfg: Any, cache_dir: str | os.PathLike[str] | None, name: str) -> Path:
     if cfg.file:
         path = Path(cfg.file).expanduser()
         if path.is_dir():
@@ -323,6 +343,5 @@ def resolve_pretrained_file(cfg: Any, cache_dir: str | os.PathLike[str] | None =
         raise DriveFileUnavailableError(
             f"{name}: {err}. The file may be deleted, private or over its download quota: report it to "
             f"{cfg.origin_url + '/issues' if cfg.origin_url else 'its authors'}. To load a copy by hand, download "
-            f"https://drive.google.com/file/d/{cfg.gdrive_id}/view (or a mirror) and pass "
-            "pretrained_cfg_overlay=dict(file=PATH)."
+            f"https://drive.google.com/file/d/{cfg.gdrive_id}/view (or a mirror). {_route(name, cfg)}"
         ) from err

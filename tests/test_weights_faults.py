@@ -386,3 +386,72 @@ def test_malformed_config_json_is_named(tmp_path, case):
     (tmp_path / "config.json").write_bytes(data)
     with pytest.raises(ValueError, match=message):
         whitebox.create_model(f"local-dir:{tmp_path}")
+
+
+# ----------------------------------------------------------------------------- the tag's arguments
+def _official_crate_mae(tmp_path, **shape):
+    from reference import RefCrateMAE, crate_mae_to_official, randomize_
+
+    ours = randomize_(whitebox.create_model("crate_mae_base", lambd=5.0, **shape).eval(), seed=3)
+    ref = RefCrateMAE(
+        img_size=shape.get("img_size", 224),
+        patch=shape.get("patch_size", 16),
+        dim=shape.get("embed_dim", 768),
+        depth=shape.get("depth", 12),
+        heads=shape.get("num_heads", 12),
+        lambd=5.0,
+    )
+    path = tmp_path / "crate_mae_base_official.pth"
+    torch.save({"model": crate_mae_to_official(ours, ref)}, path)
+    return path, ours
+
+
+def _lambd(model):
+    return model.encoder.blocks[0].ista.lambd
+
+
+MAE_SHAPE = dict(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4)
+
+
+def test_the_route_the_offline_error_suggests_gives_the_tags_model(tmp_path, monkeypatch):
+    path, _ = _official_crate_mae(tmp_path, **MAE_SHAPE)
+    monkeypatch.setenv("WHITEBOX_OFFLINE", "1")
+    monkeypatch.setenv("WHITEBOX_HOME", str(tmp_path / "home"))
+    with pytest.raises(Exception) as err:
+        whitebox.create_model("crate_mae_base", pretrained=True)
+    msg = str(err.value)
+    assert "create_model('crate_mae_base.in1k', checkpoint_path=PATH)" in msg and "lambd=5.0" in msg
+    calls = [
+        lambda: whitebox.create_model("crate_mae_base.in1k", checkpoint_path=path, **MAE_SHAPE),
+        lambda: whitebox.create_model(
+            "crate_mae_base.in1k", pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **MAE_SHAPE
+        ),
+    ]
+    for call in calls:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # and without a word: it is what was asked for
+            assert _lambd(call()) == 5.0
+
+
+def test_an_official_file_meeting_another_threshold_is_said(tmp_path):
+    path, ours = _official_crate_mae(tmp_path, **MAE_SHAPE)
+    with pytest.warns(UserWarning, match=r"crate_mae_base.in1k weights need lambd=5.0.*built with lambd=0.5"):
+        model = whitebox.create_model("crate_mae_base", checkpoint_path=path, **MAE_SHAPE)
+    assert _lambd(model) == 0.5  # what was asked for, now knowingly
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the caller chose: no word
+        assert _lambd(whitebox.create_model("crate_mae_base", checkpoint_path=path, lambd=0.5, **MAE_SHAPE)) == 0.5
+        native = tmp_path / "native.pth"
+        torch.save(ours.state_dict(), native)  # our own layout: the caller's arguments, no guess
+        whitebox.create_model("crate_mae_base", checkpoint_path=native, lambd=5.0, **MAE_SHAPE)
+
+
+@pytest.mark.slow
+def test_the_official_base_file_into_plain_crate_mae_base(tmp_path):
+    path, ours = _official_crate_mae(tmp_path)
+    with pytest.warns(UserWarning, match="lambd=5.0"):
+        whitebox.create_model("crate_mae_base", checkpoint_path=path)
+    tagged = whitebox.create_model("crate_mae_base.in1k", checkpoint_path=path).eval()
+    x, noise = torch.randn(1, 3, 224, 224), torch.rand(1, 196)
+    with torch.no_grad():
+        assert _lambd(tagged) == 5.0 and torch.equal(tagged(x, noise=noise).pred, ours(x, noise=noise).pred)
