@@ -200,10 +200,25 @@ def create_model(
         pretrained_cfg: a tag, a dict or a record that replaces the registered one.
         pretrained_cfg_overlay: record fields to change (``dict(file='/path/weights.pth')``); a weight
             source here needs ``pretrained=True``.
-        checkpoint_path: a local file loaded after the model is built, through the family's filter. A
-            recipe checkpoint's recorded model arguments are used; a conflicting argument is an error.
+        checkpoint_path: a local file (not a folder) loaded after the model is built, through the family's
+            filter. A recipe checkpoint's recorded model arguments are used; a conflicting argument is an
+            error. Without ``num_classes`` the model takes the width of the file's head; with another
+            ``num_classes`` (or a file without a head) the head is newly initialised with a
+            ``HeadAdaptedWarning`` naming keys and shapes; a file with part of a head is refused. A file
+            holding one part of the recorded model (``finetune.py``'s classifier: the autoencoder's
+            encoder) gives that part. A learned position table is resampled from the grid the file
+            records, or ``pretrained_model_args=dict(img_size=...)`` states; otherwise a table of another
+            grid is refused. A tag's ``model_args`` apply only when the tag is named
+            (``'crate_mae_base.in1k'``); a file in an official layout that meets other values is warned about.
         cache_dir: download cache (Hub, URL and Drive files).
-        **kwargs: model arguments (``num_classes``, ``in_chans``, ``img_size``, ...).
+        **kwargs: model arguments (``num_classes``, ``in_chans``, ``img_size``, ...), and timm's
+            ``pretrained_model_args`` (the arguments the weights were trained with).
+
+    Raises:
+        UnknownModelError: an unregistered name. ValueError: a malformed or invalid name, record,
+        ``config.json`` or checkpoint (each names what was wrong). IsADirectoryError: a folder as
+        ``checkpoint_path``. WeightsUnavailableError: offline or unreachable, not cached (says how to
+        supply the file).
     """
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
     checkpoint = read_checkpoint(checkpoint_path) if checkpoint_path else None
