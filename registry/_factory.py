@@ -80,7 +80,7 @@ def build_model_with_cfg(
     state_dict, source_args = None, dict(kwargs.get("pretrained_model_args") or {})
     if pretrained:
         # what the weights were trained as: the record's input size and arguments, under a saved model's own
-        size = {"img_size": tuple(cfg.input_size[-2:])} if cfg.input_size else {}
+        size = {"img_size": tuple(cfg.input_size[-2:])} if cfg.input_size and cfg.tag else {}  # a tag's weights
         source_args = {**size, **cfg.model_args, **source_args}
         path = resolve_pretrained_file(cfg, cache_dir)
         try:

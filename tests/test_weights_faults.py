@@ -125,7 +125,7 @@ def test_a_recorded_grid_that_does_not_fit_the_table_is_refused(tmp_path):
     """Another member: the record says 2x8 but the table holds 4x16 positions."""
     src, _ = _rect_source()
     torch.save(src.state_dict(), tmp_path / "bare.pth")
-    with pytest.raises(ValueError, match=r"records img_size \(8, 32\) and patch_size 4, a 2x8 grid, not 64"):
+    with pytest.raises(ValueError, match=r"recorded img_size \(8, 32\) and patch_size 4 give a 2x8 grid, not 64"):
         whitebox.create_model(
             "crate_tiny",
             img_size=(32, 128),
@@ -455,3 +455,21 @@ def test_the_official_base_file_into_plain_crate_mae_base(tmp_path):
     x, noise = torch.randn(1, 3, 224, 224), torch.rand(1, 196)
     with torch.no_grad():
         assert _lambd(tagged) == 5.0 and torch.equal(tagged(x, noise=noise).pred, ours(x, noise=noise).pred)
+
+
+def test_an_overlay_file_without_a_tag_records_no_grid(tmp_path):
+    """Another route: pretrained=True with a file for an architecture that has no tag of its own."""
+    src, want = _rect_source()
+    torch.save(src.state_dict(), tmp_path / "bare.pth")
+    shape = dict(patch_size=4, embed_dim=32, depth=1, num_heads=2, pretrained=True)
+    overlay = dict(file=str(tmp_path / "bare.pth"))
+    with pytest.raises(ValueError, match=r"does not record its image size"):
+        whitebox.create_model("crate_tiny", img_size=(32, 128), pretrained_cfg_overlay=overlay, **shape)
+    model = whitebox.create_model(
+        "crate_tiny",
+        img_size=(32, 128),
+        pretrained_cfg_overlay=overlay,
+        pretrained_model_args=dict(img_size=(16, 64)),
+        **shape,
+    )
+    torch.testing.assert_close(model.pos_embed, want)

@@ -135,7 +135,7 @@ def source_grid(model: nn.Module, key: str, n: int, patch: int, grid: tuple[int,
         (h, w), p = _size2(args["img_size"]), int(args.get("patch_size") or patch)
         if (h // p) * (w // p) == n:
             return h // p, w // p
-        problem = f"the checkpoint records img_size {(h, w)} and patch_size {p}, a {h // p}x{w // p} grid, not {n}"
+        problem = f"the weights' recorded img_size {(h, w)} and patch_size {p} give a {h // p}x{w // p} grid, not {n}"
     else:
         shapes = [f"{r}x{n // r}" for r in range(1, n + 1) if n % r == 0][:6]
         problem = f"the checkpoint does not record its image size, and {n} positions could be {', '.join(shapes)}"
