@@ -26,6 +26,7 @@ from ._fetch import (
 )
 from ._load import (
     CheckpointFormatError,
+    CheckpointIsAFolderError,
     HeadAdaptedWarning,
     UnsafeCheckpointError,
     apply_state_dict,

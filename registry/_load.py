@@ -36,6 +36,10 @@ class CheckpointFormatError(ValueError):
     """A file is empty, damaged, or not a weights file at all."""
 
 
+class CheckpointIsAFolderError(IsADirectoryError, FileNotFoundError):
+    """A folder where a weights file was expected (a ``FileNotFoundError`` too: no file is there)."""
+
+
 class HeadAdaptedWarning(UserWarning):
     """A checkpoint's classifier was dropped, or the model's freshly initialised head replaced it.
 
@@ -81,7 +85,9 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Any:
         inside = sorted(p.name for p in path.iterdir() if p.suffix in (".safetensors", ".pth", ".pt", ".bin"))
         found = f"weight files in it: {', '.join(inside[:5])}" if inside else "it holds no weight files"
         saved = " or create_model('local-dir:FOLDER') for a saved model" if (path / "config.json").is_file() else ""
-        raise IsADirectoryError(f"{path} is a folder, not a weights file ({found}); pass the file (FOLDER/NAME){saved}")
+        raise CheckpointIsAFolderError(
+            f"{path} is a folder, not a weights file ({found}); pass the file (FOLDER/NAME){saved}"
+        )
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint file not found: {path}")
     kind = _kind(path)

@@ -143,6 +143,21 @@ def test_a_folder_as_checkpoint_path_says_so(tmp_path):
     whitebox.save_pretrained(_crate(), tmp_path / "saved")
     with pytest.raises(IsADirectoryError, match=r"is a folder.*model.safetensors.*local-dir:"):
         whitebox.create_model("crate_tiny", checkpoint_path=tmp_path / "saved", **SMALL)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "whitebox.analysis",
+            "--checkpoint",
+            str(tmp_path / "saved"),
+            "--out",
+            str(tmp_path / "r"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode != 0 and "is a folder" in out.stderr and "Traceback" not in out.stderr
     (tmp_path / "empty").mkdir()
     with pytest.raises(IsADirectoryError, match="holds no weight files"):
         read_checkpoint(tmp_path / "empty")
