@@ -98,6 +98,13 @@ def test_rectangular_table_through_local_dir_uses_the_recorded_grid(tmp_path):
     torch.testing.assert_close(model.pos_embed, want)
 
 
+def test_rectangular_table_through_the_hub(tmp_path, server):
+    src, want = _rect_source()
+    whitebox.push_to_hub(src, "org/rect", token="test-token")
+    model = whitebox.create_model("hf-hub:org/rect", img_size=(32, 128))
+    torch.testing.assert_close(model.pos_embed, want)
+
+
 def test_rectangular_table_through_checkpoint_path(tmp_path):
     src, want = _rect_source()
     shape = dict(patch_size=4, embed_dim=32, depth=1, num_heads=2)
