@@ -205,7 +205,9 @@ class Finetuning(TrainLoop):
         return {"top1": (stats[0] / stats[2]).item(), "top5": (stats[1] / stats[2]).item()}
 
     def record(self) -> dict[str, Any]:
-        return {"model_name": self.model_name, "model_kwargs": {**self.model_kwargs, "num_classes": self.num_classes}}
+        # the classifier it holds: its width and pooling (the encoder's, not the autoencoder's defaults)
+        head = {"num_classes": self.num_classes, "global_pool": self.args.global_pool}
+        return {"model_name": self.model_name, "model_kwargs": {**self.model_kwargs, **head}}
 
     def check_resume(self, ckpt: dict[str, Any], path: Path) -> None:
         if ckpt.get("model_name") != self.model_name:

@@ -15,6 +15,9 @@ from ._fetch import (
     IncompleteDownloadError,
     WeightsUnavailableError,
     cache_root,
+    check_hub_repo,
+    check_relative_file,
+    check_url,
     download_gdrive,
     download_hf_hub,
     download_url,
@@ -23,6 +26,8 @@ from ._fetch import (
 )
 from ._load import (
     CheckpointFormatError,
+    CheckpointIsAFolderError,
+    HeadAdaptedWarning,
     UnsafeCheckpointError,
     apply_state_dict,
     load_checkpoint,

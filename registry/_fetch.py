@@ -12,8 +12,10 @@ to supply it by hand.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import re
 import tempfile
 import urllib.error
 import urllib.parse
@@ -41,6 +43,72 @@ class IncompleteDownloadError(OSError):
 
 class DriveFileUnavailableError(OSError):
     """Google Drive answered with a page instead of the file (deleted, private or over its quota)."""
+
+
+# ----------------------------------------------------------------------------- names, checked before any request
+_HUB_PART = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9_-])?")
+_REV_PART = re.compile(r"[A-Za-z0-9._-]+")
+_FILE_PART = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._+=@ -]*")
+_DRIVE_ID = re.compile(r"[A-Za-z0-9_-]{1,200}")
+
+
+def check_hub_repo(repo_id: str) -> tuple[str, str | None]:
+    """``org/name`` or ``org/name@revision``, split; anything that could leave the cache folder is refused.
+
+    Raises:
+        ValueError: an empty part, a part with characters other than letters, digits, ``._-``, ``..`` or
+            ``--`` in a name, more than one ``/`` in the repository or a revision part that is ``..``.
+    """
+    if not isinstance(repo_id, str) or not repo_id:
+        raise ValueError(f"Hub repository {repo_id!r} is empty; expected 'org/name' or 'org/name@revision'")
+    repo, at, revision = repo_id.partition("@")
+    parts = repo.split("/")
+    bad = [x for x in parts if not _HUB_PART.fullmatch(x) or ".." in x or "--" in x or len(x) > 96]
+    if len(parts) > 2 or bad or not repo:
+        raise ValueError(
+            f"invalid Hub repository {repo!r} in {repo_id!r}: expected 'org/name' (or 'name'), each part letters, "
+            "digits and '._-', not starting or ending with '.' or '-', without '..' or '--'"
+        )
+    if at:
+        rev_parts = revision.split("/")
+        if not revision or any(not _REV_PART.fullmatch(x) or x in (".", "..") for x in rev_parts):
+            raise ValueError(
+                f"invalid revision {revision!r} in {repo_id!r}: expected a branch, tag or commit (letters, digits, "
+                "'._-', parts separated by '/', none empty, '.' or '..')"
+            )
+    return repo, revision if at else None
+
+
+def check_relative_file(name: str, what: str = "file name") -> str:
+    """A relative file path inside a repository: parts of letters, digits and ``._+=@ -``; no ``..``, no root."""
+    parts = name.split("/") if isinstance(name, str) else [""]
+    if not name or any(not _FILE_PART.fullmatch(x) or x in (".", "..") for x in parts):
+        raise ValueError(
+            f"invalid {what} {name!r}: expected a relative path such as 'model.safetensors' or 'torch/w.pth' "
+            "(parts of letters, digits and '._+=@ -', not starting with '.', none empty or '..', no '\\')"
+        )
+    return name
+
+
+def check_url(url: str) -> str:
+    """An ``http(s)://host/...`` address (a local file is ``file=``, not a URL)."""
+    parsed = urllib.parse.urlparse(url) if isinstance(url, str) else None
+    if (
+        parsed is None
+        or parsed.scheme not in ("http", "https")
+        or not parsed.hostname
+        or any(c in url for c in "\0\n\r")
+    ):
+        raise ValueError(
+            f"invalid weights url {url!r}: expected http:// or https:// with a host (a local file: file=PATH)"
+        )
+    return url
+
+
+def check_gdrive_id(file_id: str) -> str:
+    if not isinstance(file_id, str) or not _DRIVE_ID.fullmatch(file_id):
+        raise ValueError(f"invalid Google Drive file id {file_id!r}: expected 1-200 letters, digits, '_' or '-'")
+    return file_id
 
 
 def is_offline() -> bool:
@@ -72,7 +140,17 @@ def _check_sha256(path: Path, expected: str | None, what: str, advice: str = "")
 def _unavailable(what: str, dest: Path, how: str, reason: str) -> WeightsUnavailableError:
     return WeightsUnavailableError(
         f"cannot get {what}: {reason}, and it is not in the cache (looked for {dest}). To supply it by hand, "
-        f"{how} and save it as {dest} (or pass pretrained_cfg_overlay=dict(file=PATH) / checkpoint_path=PATH)."
+        f"{how} and save it as {dest}."
+    )
+
+
+def _route(name: str, cfg: Any) -> str:
+    """The calls that load a copy of ``name``'s weights from anywhere as that tag's model (its ``model_args`` too)."""
+    args = getattr(cfg, "model_args", None) or {}
+    built = f" (both build it with {', '.join(f'{k}={v!r}' for k, v in args.items())})" if args else ""
+    return (
+        f"Or load a copy from anywhere as {name}: create_model({name!r}, pretrained=True, "
+        f"pretrained_cfg_overlay=dict(file=PATH)) or create_model({name!r}, checkpoint_path=PATH){built}."
     )
 
 
@@ -94,14 +172,22 @@ def _fetch(dest: Path, sha256: str | None, what: str, how: str, write: Callable[
         os.replace(tmp, dest)
     finally:
         Path(tmp).unlink(missing_ok=True)
+        if not dest.exists() and dest.parent.name.startswith("url-"):  # a failed URL leaves no empty entry
+            with contextlib.suppress(OSError):
+                dest.parent.rmdir()
     return dest
 
 
 def download_url(url: str, sha256: str | None = None, cache_dir: str | os.PathLike[str] | None = None) -> Path:
-    """A plain URL, cached under its last path part."""
-    dest = cache_root(cache_dir) / (
-        Path(urllib.parse.urlparse(url).path).name or hashlib.sha256(url.encode()).hexdigest()[:16]
-    )
+    """A plain ``http(s)`` URL, cached as ``url-HASH/NAME``: HASH of the whole address, NAME its last path part.
+
+    Two addresses with the same file name (``.../a/model.safetensors``, ``.../b/model.safetensors``) are
+    two cache entries; a name with characters outside ``A-Za-z0-9._-`` is stored as ``weights``.
+    """
+    check_url(url)
+    name = Path(urllib.parse.urlparse(url).path).name
+    name = name if re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9._-]*", name) and name not in (".", "..") else "weights"
+    dest = cache_root(cache_dir) / f"url-{hashlib.sha256(url.encode()).hexdigest()[:16]}" / name
 
     def write(tmp: Path) -> str:
         request = urllib.request.Request(url, headers={"User-Agent": "whitebox", "Accept-Encoding": "identity"})
@@ -132,7 +218,7 @@ def download_gdrive(file_id: str, sha256: str | None = None, cache_dir: str | os
     import gdown
     import requests
 
-    dest, what = cache_root(cache_dir) / f"gdrive-{file_id}", f"Google Drive file {file_id}"
+    dest, what = cache_root(cache_dir) / f"gdrive-{check_gdrive_id(file_id)}", f"Google Drive file {file_id}"
     how = f"download https://drive.google.com/file/d/{file_id}/view in a browser"
 
     def write(tmp: Path) -> str:
@@ -160,7 +246,8 @@ def download_hf_hub(
     from huggingface_hub import constants, hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
 
-    repo, _, revision = repo_id.partition("@")
+    repo, revision = check_hub_repo(repo_id)
+    check_relative_file(filename)
     endpoint = os.environ.get("HF_ENDPOINT") or None  # huggingface_hub reads it once, at import
     if cache_dir is None and (os.environ.get("HF_HUB_CACHE") or os.environ.get("HF_HOME")):
         cache_dir = os.environ.get("HF_HUB_CACHE") or os.path.join(os.environ["HF_HOME"], "hub")
@@ -192,15 +279,44 @@ def download_hf_hub(
         raise ChecksumError(f"{err}; it was removed from the Hub cache") from None
 
 
+def check_sources(cfg: Any) -> None:
+    """Every weight source a record (with its overlay) names, checked before anything is fetched or written."""
+    for key in ("file", "url", "hf_hub_id", "hf_hub_filename", "gdrive_id", "sha256"):
+        value = getattr(cfg, key, None)
+        if value is not None and not isinstance(value, (str, os.PathLike) if key == "file" else str):
+            raise ValueError(f"pretrained record field {key!r} is a {type(value).__name__}, expected a string")
+    if cfg.hf_hub_id is not None:  # an empty string is an empty part, not "no source"
+        check_hub_repo(cfg.hf_hub_id)
+    if cfg.hf_hub_filename is not None:
+        check_relative_file(cfg.hf_hub_filename, "hf_hub_filename")
+    if cfg.url is not None:
+        check_url(cfg.url)
+    if getattr(cfg, "gdrive_id", None) is not None:
+        check_gdrive_id(cfg.gdrive_id)
+    if getattr(cfg, "sha256", None) is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", cfg.sha256):
+        raise ValueError(f"sha256 {cfg.sha256!r} is not 64 hexadecimal digits")
+
+
 def resolve_pretrained_file(cfg: Any, cache_dir: str | os.PathLike[str] | None = None) -> Path:
     """The local weights a record points to, fetched when needed.
 
     The first source set is used, in timm's order (``file``, ``hf_hub_id``, ``url``) then ``gdrive_id``;
     a failure is reported, never replaced by another source. ``file`` may be a folder (timm's
     ``local-dir`` source) and ``hf_hub_filename`` may be unset (a saved model's repository): the
-    weights are then the first of ``WEIGHT_FILES`` that exists.
+    weights are then the first of ``WEIGHT_FILES`` that exists. When a file cannot be had, the error
+    names the calls that load a copy as the tag's model (with its ``model_args``).
     """
     name = f"{cfg.architecture}.{cfg.tag}" if cfg.tag else cfg.architecture
+    check_sources(cfg)
+    try:
+        return _resolve(cfg, cache_dir, name)
+    except WeightsUnavailableError as err:
+        if getattr(cfg, "source", None) in ("hf-hub", "local-dir"):  # a saved model: its message says how
+            raise
+        raise WeightsUnavailableError(f"{name}: {err} {_route(name, cfg)}") from err
+
+
+def _resolve(cfg: Any, cache_dir: str | os.PathLike[str] | None, name: str) -> Path:
     if cfg.file:
         path = Path(cfg.file).expanduser()
         if path.is_dir():
@@ -227,6 +343,5 @@ def resolve_pretrained_file(cfg: Any, cache_dir: str | os.PathLike[str] | None =
         raise DriveFileUnavailableError(
             f"{name}: {err}. The file may be deleted, private or over its download quota: report it to "
             f"{cfg.origin_url + '/issues' if cfg.origin_url else 'its authors'}. To load a copy by hand, download "
-            f"https://drive.google.com/file/d/{cfg.gdrive_id}/view (or a mirror) and pass "
-            "pretrained_cfg_overlay=dict(file=PATH)."
+            f"https://drive.google.com/file/d/{cfg.gdrive_id}/view (or a mirror). {_route(name, cfg)}"
         ) from err

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import pickle
+import re
 import struct
 import sys
 from collections.abc import Callable
@@ -35,6 +36,34 @@ class CheckpointFormatError(ValueError):
     """A file is empty, damaged, or not a weights file at all."""
 
 
+class CheckpointIsAFolderError(IsADirectoryError, FileNotFoundError):
+    """A folder where a weights file was expected (a ``FileNotFoundError`` too: no file is there)."""
+
+
+class HeadAdaptedWarning(UserWarning):
+    """A checkpoint's classifier was dropped, or the model's freshly initialised head replaced it.
+
+    ``keys`` are the head's keys, ``checkpoint_shapes`` their shapes in the checkpoint (empty when it
+    has no head) and ``num_classes`` the width of the checkpoint's head (``None`` when it has none).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        keys: tuple[str, ...] = (),
+        checkpoint_shapes: tuple[tuple[int, ...], ...] = (),
+        num_classes: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.keys, self.checkpoint_shapes, self.num_classes = keys, checkpoint_shapes, num_classes
+
+
+# pickled classes that only rebuild plain values (a path, a numpy number or array): no code of the file runs
+_DATA_GLOBALS = re.compile(
+    r"pathlib\.(Pure)?(Posix|Windows)?Path|numpy\.(dtype|ndarray|dtypes\.\w+)|numpy\.(_core|core)\.multiarray\.(scalar|_reconstruct)"
+)
+
+
 def _kind(path: Path) -> str:
     """``'safetensors'``, ``'torch'`` or a description of what the file is instead."""
     with open(path, "rb") as f:
@@ -52,6 +81,13 @@ def _kind(path: Path) -> str:
 def read_checkpoint(path: str | os.PathLike[str]) -> Any:
     """The object stored in a weights or training-checkpoint file, read without executing code."""
     path = Path(path)
+    if path.is_dir():
+        inside = sorted(p.name for p in path.iterdir() if p.suffix in (".safetensors", ".pth", ".pt", ".bin"))
+        found = f"weight files in it: {', '.join(inside[:5])}" if inside else "it holds no weight files"
+        saved = " or create_model('local-dir:FOLDER') for a saved model" if (path / "config.json").is_file() else ""
+        raise CheckpointIsAFolderError(
+            f"{path} is a folder, not a weights file ({found}); pass the file (FOLDER/NAME){saved}"
+        )
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint file not found: {path}")
     kind = _kind(path)
@@ -69,6 +105,15 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Any:
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         unsafe = _unsafe_globals(path)
+        if unsafe and all(_DATA_GLOBALS.fullmatch(g) for g in unsafe):
+            raise CheckpointFormatError(
+                f"{path} holds plain values that a weights-only load does not read ({', '.join(unsafe)}: "
+                "paths, numpy numbers or arrays, typically in its training arguments) beside its tensors; they "
+                "run no code, but were not read. To read the file on purpose: `with torch.serialization."
+                f"safe_globals([...those classes...]): obj = torch.load({str(path)!r}, weights_only=True)`, then "
+                "save the tensors as safetensors (or those values as str / int / float) and load that file"
+            ) from err
+        unsafe = [g for g in unsafe if not _DATA_GLOBALS.fullmatch(g)] or unsafe
         if unsafe:
             raise UnsafeCheckpointError(
                 f"refused to load {path}: loading it would run code from the file (it needs {', '.join(unsafe)}). "
@@ -81,26 +126,53 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Any:
 
 def _unsafe_globals(path: Path) -> list[str]:
     try:
-        return list(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
+        return sorted(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
     except Exception:  # a legacy (non-zip) pickle: its globals cannot be listed without reading it
         return []
 
 
 def unwrap_state_dict(obj: Any, source: str = "checkpoint") -> StateDict:
-    """The tensor dict inside a training checkpoint (``{'model': ...}``, ``{'state_dict': ...}``, ...)."""
+    """The tensor dict inside a training checkpoint (``{'model': ...}``, ``{'state_dict': ...}``, ...).
+
+    Raises:
+        CheckpointFormatError: no dict of tensors is found, or the state dict has entries that are
+            not tensors (each is named with its type).
+    """
+    recorded = obj.get("model_kwargs") if isinstance(obj, dict) else None
     for _ in range(3):
         if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
-            return clean_state_dict(obj)  # without DataParallel / torch.compile prefixes
+            sd = RecordedStateDict(clean_state_dict(obj))  # without DataParallel / torch.compile prefixes
+            sd.model_args = dict(recorded) if isinstance(recorded, dict) else None
+            return sd
         inner = (
             next((obj[k] for k in _WRAPPER_KEYS if isinstance(obj.get(k), dict)), None)
             if isinstance(obj, dict)
             else None
         )
+        if inner is None and isinstance(obj, dict) and any(isinstance(v, torch.Tensor) for v in obj.values()):
+            odd = [
+                f"{k!r} ({type(v).__module__}.{type(v).__qualname__})"
+                for k, v in obj.items()
+                if not isinstance(v, torch.Tensor)
+            ]
+            raise CheckpointFormatError(
+                f"{source} holds a state dict with entries that are not tensors: {', '.join(odd[:10])}; "
+                "a state dict maps names to tensors only"
+            )
         if inner is None:
             break
         obj = inner
     top = list(obj)[:10] if isinstance(obj, dict) else type(obj).__name__
-    raise CheckpointFormatError(f"{source} holds no state dict of tensors (top level: {top})")
+    raise CheckpointFormatError(
+        f"{source} holds no state dict of tensors (top level: {top}; a state dict is looked for at the top "
+        f"or under {', '.join(map(repr, _WRAPPER_KEYS))})"
+    )
+
+
+class RecordedStateDict(dict):
+    """A state dict with the model arguments its checkpoint records (``model_args``; ``None``: none recorded)."""
+
+    model_args: dict[str, Any] | None = None
 
 
 def read_state_dict(path: str | os.PathLike[str]) -> StateDict:
@@ -135,7 +207,14 @@ def family_filter(model: nn.Module) -> FilterFn | None:
 def load_state_dict(
     model: nn.Module, state_dict: StateDict, source: str = "", filter_fn: FilterFn | None = None, strict: bool = True
 ) -> None:
-    """Convert ``state_dict`` with ``filter_fn`` (default: the family's ``checkpoint_filter_fn``) and load it."""
+    """Convert ``state_dict`` with ``filter_fn`` (default: the family's ``checkpoint_filter_fn``) and load it.
+
+    The model arguments a checkpoint records (``RecordedStateDict.model_args``) become the model's
+    ``pretrained_model_args`` (timm's description of the source checkpoint) before the filter runs, so
+    that it adapts weights from what the file was, not from a guess.
+    """
+    if getattr(state_dict, "model_args", None) is not None:
+        model.pretrained_model_args = dict(state_dict.model_args)
     if (filter_fn := filter_fn or family_filter(model)) is not None:
         state_dict = filter_fn(state_dict, model)
     apply_state_dict(model, state_dict, strict=strict, source=source)

@@ -129,8 +129,9 @@ def _make_handler(state: LocalServer) -> type[BaseHTTPRequestHandler]:
             query = dict(urllib.parse.parse_qsl(url.query))
             state.requests.append((self.command, url.path))
             parts = url.path.strip("/").split("/")
-            if parts[0] == "files" and len(parts) == 2 and parts[1] in state.files:
-                return self._file(state.files[parts[1]], parts[1], state.truncate.get(parts[1]))
+            name = "/".join(parts[1:])  # files["a/w.pth"] is served at /files/a/w.pth
+            if parts[0] == "files" and name in state.files:
+                return self._file(state.files[name], parts[-1], state.truncate.get(name))
             if self.headers.get("Host", "").partition(":")[0] in DRIVE_HOSTS and query.get("id") in state.drive:
                 return self._drive(query)
             if len(parts) >= 5 and parts[2] == "resolve":

@@ -191,7 +191,11 @@ def test_crate_new_classes_channels_and_size(tmp_path):
     torch.testing.assert_close(
         grey.patch_embed.proj.weight, ours.patch_embed.proj.weight.reshape(64, 8, 8, 3).sum(-1).reshape(64, 64)
     )
-    big = whitebox.create_model("crate_tiny", **{**TINY, "img_size": 48}, num_classes=10, checkpoint_path=path)
+    with pytest.raises(ValueError, match=r"does not record its image size, and 16 positions could be 1x16, 2x8, 4x4"):
+        whitebox.create_model("crate_tiny", **{**TINY, "img_size": 48}, num_classes=10, checkpoint_path=path)
+    big = whitebox.create_model(
+        "crate_tiny", **{**TINY, "img_size": 48}, num_classes=10, checkpoint_path=path, pretrained_model_args=TINY
+    )
     assert big.pos_embed.shape == (1, 1 + 36, 64)
     torch.testing.assert_close(big.pos_embed[:, :1], ours.pos_embed[:, :1])  # the class token's row is kept
     with torch.no_grad():

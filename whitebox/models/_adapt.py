@@ -7,7 +7,6 @@ never uses, then calls ``adapt_state_dict`` so that the weights fit the model th
 
 from __future__ import annotations
 
-import logging
 import math
 import re
 import warnings
@@ -18,7 +17,8 @@ from timm.layers import resample_abs_pos_embed
 from timm.models import adapt_input_conv, clean_state_dict
 from torch import nn
 
-_logger = logging.getLogger(__name__)
+from registry import HeadAdaptedWarning
+
 StateDict = dict[str, torch.Tensor]
 
 # official MAE-harness tensors that its forward pass never reads
@@ -84,15 +84,83 @@ def _adapt_norm_channels(param: torch.Tensor, in_chans: int, patch: int) -> torc
     return w.repeat(1, 1, reps)[..., :in_chans].reshape(-1)
 
 
+def _shapes(sd: StateDict, keys: list[str]) -> str:
+    return ", ".join(f"{k} {tuple(sd[k].shape)}" for k in sorted(keys, key=lambda k: (not k.endswith("weight"), k)))
+
+
+def _adapt_head(sd: StateDict, own: StateDict, head: str, model: nn.Module) -> None:
+    """Drop or replace the checkpoint's classifier ``head.*`` in place, with a warning naming keys and shapes."""
+    ckpt_head = sorted(k for k in sd if k.startswith(f"{head}."))
+    own_head = sorted(k for k in own if k.startswith(f"{head}."))
+    name, shapes = type(model).__name__, tuple(tuple(sd[k].shape) for k in ckpt_head)
+    if ckpt_head and not own_head:
+        message = (
+            f"{name} has no classifier (num_classes=0): the checkpoint's head ({_shapes(sd, ckpt_head)}) is dropped"
+        )
+        for k in ckpt_head:
+            del sd[k]
+    elif not own_head or all(k in sd and sd[k].shape == own[k].shape for k in own_head):
+        return
+    elif ckpt_head and set(ckpt_head) < set(own_head):
+        return  # part of a head: a damaged file, refused by loading with the missing key named
+    else:
+        found = f"a head of other shapes ({_shapes(sd, ckpt_head)})" if ckpt_head else "no head"
+        advice = "pass num_classes matching the checkpoint to load its head" if ckpt_head else "train it first"
+        message = (
+            f"the checkpoint has {found}; {name} has num_classes={getattr(model, 'num_classes', '?')} "
+            f"({_shapes(own, own_head)}): its head is newly initialised, not loaded ({advice})"
+        )
+        for k in ckpt_head:
+            del sd[k]
+        for k in own_head:
+            sd[k] = own[k]
+    width = shapes[ckpt_head.index(f"{head}.weight")][0] if f"{head}.weight" in ckpt_head else None
+    warnings.warn(HeadAdaptedWarning(message, tuple(ckpt_head), shapes, width), stacklevel=4)
+
+
+def _size2(size: int | list[int] | tuple[int, ...]) -> tuple[int, int]:
+    return (size, size) if isinstance(size, int) else (int(size[-2]), int(size[-1]))
+
+
+def source_grid(model: nn.Module, key: str, n: int, patch: int, grid: tuple[int, int]) -> tuple[int, int]:
+    """The (rows, cols) patch grid a checkpoint's ``n``-position table was trained on, never guessed.
+
+    It comes from ``model.pretrained_model_args`` (timm's record of the source checkpoint's
+    arguments: ``img_size`` and ``patch_size``), which the loaders fill from a saved model's
+    ``config.json``, a recipe checkpoint's recorded arguments or a tag's record. A table whose
+    grid is not recorded, or does not fit it, is refused: ``n`` positions could be any r x c = n.
+    """
+    args = getattr(model, "pretrained_model_args", None) or {}
+    if args.get("img_size") is not None:
+        (h, w), p = _size2(args["img_size"]), int(args.get("patch_size") or patch)
+        if (h // p) * (w // p) == n:
+            return h // p, w // p
+        problem = f"the weights' recorded img_size {(h, w)} and patch_size {p} give a {h // p}x{w // p} grid, not {n}"
+    else:
+        shapes = [f"{r}x{n // r}" for r in range(1, n + 1) if n % r == 0][:6]
+        problem = f"the checkpoint does not record its image size, and {n} positions could be {', '.join(shapes)}"
+    raise ValueError(
+        f"cannot resample the position table {key} ({n} patch positions) to {type(model).__name__}'s "
+        f"{grid[0]}x{grid[1]} grid: {problem}. Say what it was trained at with create_model(..., "
+        "pretrained_model_args=dict(img_size=(H, W), patch_size=P)), or load a file that records it (a "
+        "save_pretrained folder, a recipe checkpoint)"
+    )
+
+
 def adapt_state_dict(state_dict: StateDict, model: nn.Module, encoder_prefix: str = "") -> StateDict:
     """Fit a checkpoint (already in our layout) to ``model``'s ``num_classes``, ``in_chans``, ``img_size``.
 
-    - head (``get_classifier()``): dropped when the model has none; replaced by the model's freshly
-      initialised head when the widths differ or the checkpoint has none;
+    - head (``get_classifier()``), never silently (a ``registry.HeadAdaptedWarning`` names the keys and
+      shapes): the checkpoint's head is dropped when the model has none (``num_classes=0``) and
+      replaced by the model's freshly initialised head when its shapes differ or the checkpoint has
+      no head at all; a checkpoint with only part of a head (``head.bias`` without ``head.weight``) is
+      left as it is, so that loading refuses it naming the missing key. ``create_model(...,
+      checkpoint_path=...)`` without ``num_classes`` builds the checkpoint's width instead;
     - first layer: a convolution ``(d, C, p, p)`` or the linear embedding over ``(p1 p2 c)`` with its
       LayerNorm is adapted to the new channel count (timm's ``adapt_input_conv`` rule: sum for one
       channel, repeat and rescale by ``C / C'`` for more);
-    - a learned position table ``(1, 1 + gh * gw, d)`` is resampled (bicubic) to the model's grid.
+    - a learned position table ``(1, 1 + gh * gw, d)`` is resampled (bicubic) from its TRUE grid
+      (``source_grid``: recorded, never guessed from the token count) to the model's grid.
 
     Anything else that does not fit is left alone, so loading names it.
     """
@@ -100,15 +168,7 @@ def adapt_state_dict(state_dict: StateDict, model: nn.Module, encoder_prefix: st
     sd = dict(state_dict)
     head = _module_name(model, model.get_classifier()) if hasattr(model, "get_classifier") else None
     if head:
-        ckpt_head = [k for k in sd if k.startswith(f"{head}.")]
-        own_head = [k for k in own if k.startswith(f"{head}.")]
-        if ckpt_head and not own_head:
-            for k in ckpt_head:
-                del sd[k]
-        elif own_head and any(k not in sd or sd[k].shape != own[k].shape for k in own_head):
-            _logger.info("%s: using a newly initialised head for %s classes", type(model).__name__, model.num_classes)
-            for k in own_head:
-                sd[k] = own[k]
+        _adapt_head(sd, own, head, model)
     encoder = model.get_submodule(encoder_prefix.rstrip(".")) if encoder_prefix else model
     patch_embed = getattr(encoder, "patch_embed", None)
     pre = encoder_prefix
@@ -141,12 +201,11 @@ def adapt_state_dict(state_dict: StateDict, model: nn.Module, encoder_prefix: st
             sd[f"{pred}.weight"], sd[f"{pred}.bias"] = own[f"{pred}.weight"], own[f"{pred}.bias"]
         pos_key = f"{pre}pos_embed"
         if pos_key in sd and pos_key in own and sd[pos_key].shape != own[pos_key].shape:
-            old = sd[pos_key]
-            n_old = old.shape[1] - 1
-            side = math.isqrt(n_old)
-            if old.ndim == 3 and side * side == n_old and old.shape[-1] == own[pos_key].shape[-1]:
+            old, prefix = sd[pos_key], own[pos_key].shape[1] - patch_embed.num_patches
+            if old.ndim == 3 and old.shape[-1] == own[pos_key].shape[-1] and old.shape[1] > prefix:
+                src = source_grid(model, pos_key, old.shape[1] - prefix, p, tuple(patch_embed.grid_size))
                 sd[pos_key] = resample_abs_pos_embed(
-                    old.float(), list(patch_embed.grid_size), old_size=[side, side], num_prefix_tokens=1
+                    old.float(), list(patch_embed.grid_size), old_size=list(src), num_prefix_tokens=prefix
                 ).to(old.dtype)
     return sd
 
