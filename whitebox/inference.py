@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_args(p)
     add_eval_transform_args(p)
     g = p.add_argument_group("labels")
-    g.add_argument("--topk", type=integer(gt=0), default=5, metavar="K", help="classes per image")
+    g.add_argument("--topk", type=integer(gt=0), metavar="K", help="classes per image (default: 5, or all when fewer)")
     g.add_argument("--class-map", metavar="FILE", help="the name of each model output, one per line, in output order")
     g.add_argument(
         "--label-type",
@@ -106,7 +106,9 @@ def infer(args: argparse.Namespace) -> list[dict[str, Any]]:
     dev, autocast = setup_runtime(args)
     model, _ = build_model(args)
     num_outputs = model.num_classes
-    if args.topk > num_outputs:
+    if args.topk is None:
+        args.topk = min(5, num_outputs)
+    elif args.topk > num_outputs:
         raise ValueError(
             f"--topk {args.topk} is more than the {num_outputs} classes of the model; give 1 to {num_outputs}"
         )
