@@ -28,7 +28,7 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if "default" in text or action.default in (None, False, argparse.SUPPRESS) or action.option_strings == []:
+        if "default" in text or action.default in (None, False, [], argparse.SUPPRESS) or action.option_strings == []:
             return text
         return text + " (default: %(default)s)"
 
@@ -94,7 +94,9 @@ def add_runtime_args(parser: argparse.ArgumentParser, batch_size: int | None = 2
     )
     g.add_argument("--device", type=device, default="auto", help="auto (a GPU when present), cpu, cuda, cuda:N")
     g.add_argument("--amp", action="store_true", help="mixed precision (autocast) with --amp-dtype")
-    g.add_argument("--amp-dtype", type=choice(AMP_DTYPES), default="float16", help=", ".join(AMP_DTYPES))
+    g.add_argument(
+        "--amp-dtype", type=choice(AMP_DTYPES), default="float16", metavar="DTYPE", help=", ".join(AMP_DTYPES)
+    )
     g.add_argument("--channels-last", action="store_true", help="channels-last memory layout for the images")
     g.add_argument("--threads", type=integer(gt=0), metavar="N", help="CPU threads for torch (default: torch's)")
     return g

@@ -46,14 +46,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_model_args(p, img_size=True)
     b = p.add_argument_group("benchmark")
-    b.add_argument("--bench", type=choice(BENCHES), default="both", help="inference, train or both")
+    b.add_argument("--bench", type=choice(BENCHES), metavar="KIND", default="both", help="inference, train or both")
     b.add_argument("--num-warm-iter", type=integer(ge=0), default=10, metavar="N", help="untimed steps first")
     b.add_argument("--num-bench-iter", type=integer(gt=0), default=40, metavar="N", help="timed steps")
     b.add_argument("--grad-checkpointing", action="store_true", help="activation checkpointing in train steps")
     add_runtime_args(p, batch_size=None)
     o = p.add_argument_group("output")
     o.add_argument("--results-file", metavar="FILE", help="write the results here (.json or .csv)")
-    o.add_argument("--results-format", type=choice(("json", "csv")), help="json or csv (unset: from the suffix)")
+    o.add_argument(
+        "--results-format", type=choice(("json", "csv")), metavar="FORMAT", help="json or csv (unset: from the suffix)"
+    )
     return p
 
 

@@ -47,18 +47,27 @@ def _choice(name: str, allowed: Sequence[str]) -> Callable[[str], str]:
     return parse
 
 
-def add_eval_transform_args(parser: argparse.ArgumentParser, img_size: bool = True) -> argparse._ArgumentGroup:
+def add_eval_transform_args(
+    parser: argparse.ArgumentParser, img_size: bool = True, img_size_help: str = "input size (unset: the record's)"
+) -> argparse._ArgumentGroup:
     """Flags that override the record's preprocessing (timm's names); unset, the record's values are used.
 
-    ``img_size=False`` leaves ``--img-size`` out, for programs where it already sets the model's shape.
+    ``img_size=False`` leaves ``--img-size`` out, for programs where it already sets the model's shape;
+    ``img_size_help`` says what else it does in a program.
     """
     g = parser.add_argument_group("preprocessing (unset: the model's record, as timm resolves it)")
     if img_size:
-        g.add_argument("--img-size", type=integer(gt=0), default=None, metavar="N", help="input resolution")
+        g.add_argument("--img-size", type=integer(gt=0), default=None, metavar="N", help=img_size_help)
     g.add_argument("--crop-pct", type=number(gt=0, le=1), default=None, metavar="F", help="centre-crop fraction (0, 1]")
-    g.add_argument("--crop-mode", type=_choice("crop mode", CROP_MODES), default=None, help=", ".join(CROP_MODES))
     g.add_argument(
-        "--interpolation", type=_choice("interpolation", INTERPOLATIONS), default=None, help=", ".join(INTERPOLATIONS)
+        "--crop-mode", type=_choice("crop mode", CROP_MODES), default=None, metavar="MODE", help=", ".join(CROP_MODES)
+    )
+    g.add_argument(
+        "--interpolation",
+        type=_choice("interpolation", INTERPOLATIONS),
+        default=None,
+        metavar="NAME",
+        help=", ".join(INTERPOLATIONS),
     )
     g.add_argument("--mean", type=number(), nargs=3, default=None, metavar=("R", "G", "B"), help="pixel mean")
     g.add_argument("--std", type=number(gt=0), nargs=3, default=None, metavar=("R", "G", "B"), help="pixel std")

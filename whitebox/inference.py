@@ -53,21 +53,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_data_args(p, labelled=False)
     add_model_args(p)
-    add_eval_transform_args(p)
+    add_eval_transform_args(
+        p, img_size_help="input size; the model is built at it (unset: the size it was built at, else its record's)"
+    )
     g = p.add_argument_group("labels")
     g.add_argument("--topk", type=integer(gt=0), metavar="K", help="classes per image (default: 5, or all when fewer)")
     g.add_argument("--class-map", metavar="FILE", help="the name of each model output, one per line, in output order")
     g.add_argument(
         "--label-type",
         type=choice(LABEL_TYPES),
+        metavar="TYPE",
         default="description",
         help="ImageNet names: description, name (WordNet id), detailed, none",
     )
-    g.add_argument("--output-type", type=choice(("prob", "logit")), default="prob", help="prob or logit scores")
+    g.add_argument(
+        "--output-type", type=choice(("prob", "logit")), metavar="TYPE", default="prob", help="prob or logit scores"
+    )
     add_runtime_args(p)
     o = p.add_argument_group("output")
     o.add_argument("--results-file", metavar="FILE", help="write the predictions here (.csv or .json)")
-    o.add_argument("--results-format", type=choice(("csv", "json")), help="csv or json (unset: from the suffix)")
+    o.add_argument(
+        "--results-format", type=choice(("csv", "json")), metavar="FORMAT", help="csv or json (unset: from the suffix)"
+    )
     o.add_argument("--no-console-results", action="store_true", help="do not print the predictions")
     return p
 

@@ -56,7 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_data_args(p, labelled=True)
     add_model_args(p)
-    add_eval_transform_args(p)
+    add_eval_transform_args(
+        p, img_size_help="input size; the model is built at it (unset: the size it was built at, else its record's)"
+    )
     g = p.add_argument_group("labels")
     g.add_argument(
         "--class-map",
@@ -71,7 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_runtime_args(p)
     o = p.add_argument_group("output")
     o.add_argument("--results-file", metavar="FILE", help="write the results here (.json or .csv)")
-    o.add_argument("--results-format", type=choice(("json", "csv")), help="json or csv (unset: from the suffix)")
+    o.add_argument(
+        "--results-format", type=choice(("json", "csv")), metavar="FORMAT", help="json or csv (unset: from the suffix)"
+    )
     o.add_argument("--log-freq", type=integer(gt=0), default=10, metavar="N", help="batches between progress lines")
     return p
 
