@@ -67,7 +67,12 @@ def add_model_args(parser: argparse.ArgumentParser, classifier: bool = True, img
     )
     g.add_argument("--num-classes", type=integer(gt=0), metavar="N", help="classifier outputs (unset: the model's)")
     if classifier:
-        g.add_argument("--gp", metavar="POOL", help="global pool: token or avg (unset: the model's or checkpoint's)")
+        g.add_argument(
+            "--gp",
+            type=choice(("token", "avg")),
+            metavar="POOL",
+            help="global pool: token or avg (unset: the model's or the checkpoint's)",
+        )
     if img_size:
         g.add_argument(
             "--img-size", type=integer(gt=0), metavar="N", help="input resolution (the model is built at it)"
