@@ -203,7 +203,8 @@ def test_validate_npz_test_split(tmp_path):
 
 
 @pytest.mark.slow
-def test_validate_equals_finetune_for_its_checkpoint(tmp_path):
+@pytest.mark.parametrize("name", ["crate_tiny", "crate_mae_tiny"])  # a masked autoencoder: its encoder is fine-tuned
+def test_validate_equals_finetune_for_its_checkpoint(tmp_path, name):
     """The same checkpoint, split and transform (32 px images, crop 1.0): the same top-1 as finetune.py reports."""
     from recipes.finetune import main as finetune
 
@@ -214,7 +215,7 @@ def test_validate_equals_finetune_for_its_checkpoint(tmp_path):
     np.savez(tmp_path / "d.npz", x_train=x[:16], y_train=y[:16], x_test=x[16:], y_test=y[16:])
     out = tmp_path / "ft"
     result = finetune(
-        ["--model", "crate_tiny", "--data", str(tmp_path / "d.npz"), "--epochs", "1", "--batch-size", "8"]
+        ["--model", name, "--data", str(tmp_path / "d.npz"), "--epochs", "1", "--batch-size", "8"]
         + ["--output", str(out), "--device", "cpu", "--no-progress", "--no-tensorboard", "--mixup", "0"]
         + ["--cutmix", "0", "--aa", "", "--reprob", "0", "--warmup-epochs", "0"]
         + [f"--{k.replace('_', '-')}={v}" for k, v in SHAPE.items()]
@@ -232,7 +233,7 @@ def test_validate_equals_finetune_for_its_checkpoint(tmp_path):
             "bicubic",
         ]
     )
-    assert res["model"] == "crate_tiny" and res["num_images"] == 8
+    assert res["model"] == name and res["num_images"] == 8
     assert res["top1"] == pytest.approx(100 * result["top1"], abs=1e-4)
     assert res["top5"] == pytest.approx(100 * result["top5"], abs=1e-4)
 
