@@ -140,6 +140,8 @@ def _bench(args: argparse.Namespace, model: Any, dev: Any, autocast: Any, train:
 
 def benchmark(args: argparse.Namespace) -> dict[str, Any]:
     """Run the benchmarks the parsed flags ask for; returns timm-style ``infer_*`` / ``train_*`` fields."""
+    from .flops import format_flops
+
     fmt = results_format(args.results_file, args.results_format)
     dev, autocast = setup_runtime(args)
     if args.batch_size is None:
@@ -155,7 +157,7 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
             results.update({f"{prefix}_{k}": v for k, v in row.items()})
             print(
                 f"{name} {kind}: {row['samples_per_sec']:.1f} img/s, {row['step_time']:.2f} ms/step (batch "
-                f"{args.batch_size}, {row['img_size']} px), {row['gflops']:.3f} GFLOP/img, peak "
+                f"{args.batch_size}, {row['img_size']} px), {format_flops(row['flops'])}/img, peak "
                 f"{row['peak_mem_mb']:.0f} MiB",
                 file=sys.stderr,
             )
