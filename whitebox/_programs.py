@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .cli import device, integer
+from .cli import choice, device, integer
 
 AMP_DTYPES = ("float16", "bfloat16")
 
@@ -42,18 +42,6 @@ def model_kwarg(text: str) -> tuple[str, Any]:
         return key, ast.literal_eval(value)
     except (ValueError, SyntaxError):
         return key, value
-
-
-def choice(allowed: Sequence[str]) -> Callable[[str], str]:
-    """One of ``allowed`` (the message lists them)."""
-
-    def parse(text: str) -> str:
-        if text not in allowed:
-            raise argparse.ArgumentTypeError(f"must be one of {', '.join(allowed)}, got {text!r}")
-        return text
-
-    parse.__name__ = "choice"
-    return parse
 
 
 def add_model_args(parser: argparse.ArgumentParser, classifier: bool = True, img_size: bool = False) -> None:

@@ -26,14 +26,13 @@ from ._programs import (
     add_model_args,
     add_runtime_args,
     build_model,
-    choice,
     param_count,
     results_format,
     run_program,
     setup_runtime,
     write_results,
 )
-from .cli import integer
+from .cli import choice, integer
 
 BENCHES = ("inference", "train", "both")
 

@@ -22,7 +22,7 @@ import argparse
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .cli import integer, number
+from .cli import choice, integer, number
 
 __all__ = [
     "CROP_MODES",
@@ -37,16 +37,6 @@ INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "lanczos", "box", "hamming")
 CROP_MODES = ("center", "squash", "border")
 
 
-def _choice(name: str, allowed: Sequence[str]) -> Callable[[str], str]:
-    def parse(text: str) -> str:
-        if text not in allowed:
-            raise argparse.ArgumentTypeError(f"must be one of {', '.join(allowed)}, got {text!r}")
-        return text
-
-    parse.__name__ = name
-    return parse
-
-
 def add_eval_transform_args(
     parser: argparse.ArgumentParser, img_size: bool = True, img_size_help: str = "input size (unset: the record's)"
 ) -> argparse._ArgumentGroup:
@@ -59,12 +49,10 @@ def add_eval_transform_args(
     if img_size:
         g.add_argument("--img-size", type=integer(gt=0), default=None, metavar="N", help=img_size_help)
     g.add_argument("--crop-pct", type=number(gt=0, le=1), default=None, metavar="F", help="centre-crop fraction (0, 1]")
-    g.add_argument(
-        "--crop-mode", type=_choice("crop mode", CROP_MODES), default=None, metavar="MODE", help=", ".join(CROP_MODES)
-    )
+    g.add_argument("--crop-mode", type=choice(CROP_MODES), default=None, metavar="MODE", help=", ".join(CROP_MODES))
     g.add_argument(
         "--interpolation",
-        type=_choice("interpolation", INTERPOLATIONS),
+        type=choice(INTERPOLATIONS),
         default=None,
         metavar="NAME",
         help=", ".join(INTERPOLATIONS),

@@ -25,7 +25,6 @@ from ._programs import (
     add_model_args,
     add_runtime_args,
     build_model,
-    choice,
     data_path,
     default_workers,
     image_loader,
@@ -39,7 +38,7 @@ from ._programs import (
     setup_runtime,
     write_results,
 )
-from .cli import integer
+from .cli import choice, integer
 from .data_config import add_eval_transform_args, eval_overrides, resolve_eval_config
 
 LABEL_TYPES = ("description", "name", "detailed", "none")
