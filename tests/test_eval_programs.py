@@ -129,6 +129,25 @@ def test_validate_preprocessing_changes_the_numbers(folder, tmp_path):
     assert other["loss"] != pytest.approx(record["loss"], abs=1e-6)
 
 
+def test_validate_amp_and_channels_last_on_the_cpu(folder, tmp_path):
+    weights, _ = make_weights(tmp_path)
+    argv = [
+        str(folder),
+        "--model",
+        "crate_tiny",
+        "--checkpoint",
+        str(weights),
+        "--num-classes",
+        "3",
+        "--img-size",
+        "32",
+    ]
+    plain = validate.main([*argv, *SHAPE_ARGS])
+    mixed = validate.main([*argv, "--amp", "--amp-dtype", "bfloat16", "--channels-last", *SHAPE_ARGS])
+    assert plain["amp"] is None and mixed["amp"] == "bfloat16"
+    assert mixed["loss"] == pytest.approx(plain["loss"], abs=0.05) and mixed["loss"] != plain["loss"]
+
+
 def test_validate_results_file_json_and_csv(folder, tmp_path):
     weights, _ = make_weights(tmp_path)
     argv = [str(folder), "--model", "crate_tiny", "--checkpoint", str(weights), "--num-classes", "3", *SHAPE_ARGS]
@@ -374,6 +393,11 @@ def _argv(folder: Path, weights: Path) -> list[str]:
             ["{corrupt}", "--model", "crate_tiny", "--img-size", "32", "--num-classes", "2"],
             "bad.png cannot be read",
         ),
+        (
+            validate,
+            ["{corrupt}", "--model", "crate_tiny", "--img-size", "32", "--num-classes", "2", "-j", "2"],
+            "bad.png",
+        ),
         (validate, ["{folder}", "--data-dir", "{empty}", "--model", "crate_tiny"], "give the images once"),
         (validate, ["{folder}", "--split", "nope", "--model", "crate_tiny"], "has no sub-folder 'nope'"),
     ],
@@ -403,8 +427,9 @@ def test_bad_input_is_a_named_error(tmp_path, folder, program, args, message):
     for a in args:
         argv += [*_argv(folder, weights), *SHAPE_ARGS] if a == "{weights_args}" else [a.format(**fill)]
     with pytest.raises((ValueError, OSError)) as err:
-        program.main(argv)
+        program.main(argv if "--results-file" in argv else [*argv, "--results-file", str(tmp_path / "out.json")])
     assert message in str(err.value)
+    assert not (tmp_path / "out.json").exists()  # nothing written, not even in part
 
 
 @pytest.mark.parametrize(
