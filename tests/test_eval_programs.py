@@ -400,6 +400,11 @@ def _argv(folder: Path, weights: Path) -> list[str]:
         ),
         (validate, ["{folder}", "--data-dir", "{empty}", "--model", "crate_tiny"], "give the images once"),
         (validate, ["{folder}", "--split", "nope", "--model", "crate_tiny"], "has no sub-folder 'nope'"),
+        (
+            validate,
+            ["cifar10", "--data-root", "{empty}", "--model", "crate_tiny", "--img-size", "32"],
+            "pass --download",
+        ),
     ],
 )
 def test_bad_input_is_a_named_error(tmp_path, folder, program, args, message):

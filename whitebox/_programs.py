@@ -115,6 +115,7 @@ def add_data_args(parser: argparse.ArgumentParser, labelled: bool) -> argparse._
         "--workers", "-j", type=integer(ge=0), metavar="N", help="loader processes (default: 0 on CPU, 4 on GPU)"
     )
     g.add_argument("--data-root", default="data", metavar="DIR", help="where DATA cifar10 lives")
+    g.add_argument("--download", action="store_true", help="let torchvision download CIFAR-10 into --data-root")
     return g
 
 
@@ -214,12 +215,20 @@ def _default_split(path: Path) -> str | None:
     return None
 
 
-def load_images(data: str, split: str | None, data_root: str = "data") -> tuple[Any, Path | None]:
+def load_images(
+    data: str, split: str | None, data_root: str = "data", download: bool = False
+) -> tuple[Any, Path | None]:
     """The base dataset (PIL image, label) of DATA and the folder its file names are relative to."""
     from .train.data import build_dataset
 
     if data.lower() == "cifar10":
-        return build_dataset("cifar10", split or "test", data_root=data_root), None
+        try:
+            return build_dataset("cifar10", split or "test", download, data_root), None
+        except RuntimeError as err:  # torchvision: "Dataset not found or corrupted"
+            raise ValueError(
+                f"DATA cifar10: not found under --data-root {data_root} ({err}); pass --download, or point "
+                "--data-root at the folder that holds cifar-10-batches-py"
+            ) from err
     path = Path(data)
     if path.is_file() and path.suffix != ".npz":
         return SingleImage(path), path.parent

@@ -120,7 +120,7 @@ def infer(args: argparse.Namespace) -> list[dict[str, Any]]:
         )
     names = class_names(model, num_outputs, args.class_map, args.label_type)
     config = resolve_eval_config(model, **eval_overrides(args))
-    base, root = load_images(data, args.split, args.data_root)
+    base, root = load_images(data, args.split, args.data_root, args.download)
     model = model.to(dev)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)

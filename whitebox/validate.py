@@ -131,7 +131,7 @@ def validate(args: argparse.Namespace) -> dict[str, Any]:
     scored = len(valid) if valid else num_outputs
     names = read_class_map(args.class_map, scored) if args.class_map else None
     config = resolve_eval_config(model, **eval_overrides(args))
-    base, _ = load_images(data, args.split, args.data_root)
+    base, _ = load_images(data, args.split, args.data_root, args.download)
     labels = dataset_labels(base, f"DATA {data}")
     lookup = torch.as_tensor(_label_lookup(base, labels, names, scored, data))
     model = model.to(dev)
