@@ -309,13 +309,16 @@ def test_inference_imagenet_names_for_a_1000_class_head(folder, tmp_path):
     assert rows[0]["topk"][0]["label"].startswith("n") and rows[0]["topk"][0]["label"][1:].isdigit()
 
 
-def test_inference_unlabelled_flat_folder(tmp_path):
+def test_inference_unlabelled_flat_folder(tmp_path, capsys):
     (tmp_path / "photos").mkdir()
     for i in range(3):
         Image.fromarray(np.full((20 + i, 30, 3), 40 * i, np.uint8)).save(tmp_path / "photos" / f"p{i}.jpg")
     (tmp_path / "photos" / "notes.txt").write_text("not an image, ignored by its extension")
     rows = inference.main([str(tmp_path / "photos"), "--model", "crate_tiny", "--img-size", "32", *SHAPE_ARGS])
     assert [r["filename"] for r in rows] == ["p0.jpg", "p1.jpg", "p2.jpg"]
+    assert "warning: neither --pretrained nor --checkpoint: crate_tiny has randomly initialised weights" in (
+        capsys.readouterr().err
+    )
 
 
 # ----------------------------------------------------------------------------- benchmark

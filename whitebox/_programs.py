@@ -165,6 +165,11 @@ def build_model(args: argparse.Namespace, classifier: bool = True) -> tuple[Any,
             f"{name} has no classifier head (a masked autoencoder or num_classes=0); give --num-classes N with a "
             "--checkpoint that holds a head, e.g. one written by finetune.py"
         )
+    if classifier and not args.pretrained and ckpt is None:  # timm would load the pretrained weights here
+        print(
+            f"warning: neither --pretrained nor --checkpoint: {name} has randomly initialised weights",
+            file=sys.stderr,
+        )
     return model.eval(), name
 
 
