@@ -62,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--class-map",
         metavar="FILE",
-        help="the model's outputs, one class name per line; each class folder is scored as the output of its name",
+        help="the model's outputs (with --valid-labels: the scored ones, in its order), one class name per line; "
+        "each class folder is scored as the output of its name",
     )
     g.add_argument(
         "--valid-labels",
