@@ -16,9 +16,9 @@ from __future__ import annotations
 import argparse
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
-__all__ = ["DEVICE_PATTERN", "device", "integer", "number", "require"]
+__all__ = ["DEVICE_PATTERN", "choice", "device", "integer", "number", "require"]
 
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|(cuda|xpu)(:\d+)?)$")
 
@@ -81,6 +81,18 @@ def device(text: str) -> str:
     if not DEVICE_PATTERN.match(text):
         raise argparse.ArgumentTypeError(f"must be auto, cpu, cuda, cuda:N, mps, xpu or xpu:N, got {text!r}")
     return text
+
+
+def choice(allowed: Sequence[str]) -> Callable[[str], str]:
+    """One of ``allowed``, listed in the message (``choices=`` would print Python reprs and no metavar)."""
+
+    def parse(text: str) -> str:
+        if text not in allowed:
+            raise argparse.ArgumentTypeError(f"must be one of {', '.join(allowed)}, got {text!r}")
+        return text
+
+    parse.__name__ = "choice"
+    return parse
 
 
 def require(condition: bool, message: str) -> None:
