@@ -467,88 +467,83 @@ _VARIANTS = [
 default_cfgs = generate_default_cfgs({f"tost_cab_{s}_{d}_p{p}": _cfg() for s, d, p in _VARIANTS})
 
 
-def _create(size: str, depth: int, patch: int, pretrained: bool, **kwargs: Any) -> ToST:
+def _create(variant: str, pretrained: bool, **kwargs: Any) -> ToST:
+    size, depth, patch = re.fullmatch(r"tost_cab_(\w+)_(\d+)_p(\d+)", variant).groups()
     dim, heads = _SIZES[size]
-    defaults = dict(
-        patch_size=patch,
-        embed_dim=dim,
-        depth=depth,
-        num_heads=heads,
-        layer_scale_init=1.0 if depth == 12 else 1e-5,
-    )
+    defaults = dict(patch_size=int(patch), embed_dim=dim, depth=int(depth), num_heads=heads)
+    defaults["layer_scale_init"] = 1.0 if int(depth) == 12 else 1e-5  # the authors' eta
     return build_model_with_cfg(
-        ToST, f"tost_cab_{size}_{depth}_p{patch}", pretrained, pretrained_filter_fn=checkpoint_filter_fn,
-        **{**defaults, **kwargs},
-    )  # fmt: skip
+        ToST, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn, **{**defaults, **kwargs}
+    )
 
 
 @register_model
 def tost_cab_tiny_12_p16(pretrained: bool = False, **kwargs: Any) -> ToST:
     """ToST-T12/16 (d 192, 4 heads, 12 TSSA layers, LayerScale 1.0)."""
-    return _create("tiny", 12, 16, pretrained, **kwargs)
+    return _create("tost_cab_tiny_12_p16", pretrained, **kwargs)
 
 
 @register_model
 def tost_cab_small_12_p16(pretrained: bool = False, **kwargs: Any) -> ToST:
     """ToST-S12/16 (d 384, 8 heads, 12 TSSA layers, LayerScale 1.0)."""
-    return _create("small", 12, 16, pretrained, **kwargs)
+    return _create("tost_cab_small_12_p16", pretrained, **kwargs)
 
 
 @register_model
 def tost_cab_tiny_24_p16(pretrained: bool = False, **kwargs: Any) -> ToST:
     """ToST-T24/16 (d 192, 4 heads, 24 TSSA layers, LayerScale 1e-5)."""
-    return _create("tiny", 24, 16, pretrained, **kwargs)
+    return _create("tost_cab_tiny_24_p16", pretrained, **kwargs)
 
 
 @register_model
 def tost_cab_small_24_p16(pretrained: bool = False, **kwargs: Any) -> ToST:
     """ToST-S24/16 (d 384, 8 heads, 24 TSSA layers, LayerScale 1e-5)."""
-    return _create("small", 24, 16, pretrained, **kwargs)
+    return _create("tost_cab_small_24_p16", pretrained, **kwargs)
 
 
 @register_model
 def tost_cab_medium_24_p16(pretrained: bool = False, **kwargs: Any) -> ToST:
     """ToST-M24/16 (d 512, 8 heads, 24 TSSA layers, LayerScale 1e-5)."""
-    return _create("medium", 24, 16, pretrained, **kwargs)
+    return _create("tost_cab_medium_24_p16", pretrained, **kwargs)
 
 
 @register_model
 def tost_cab_large_24_p16(pretrained: bool = False, **kwargs: Any) -> ToST:
     """ToST-L24/16 (d 768, 16 heads, 24 TSSA layers, LayerScale 1e-5)."""
-    return _create("large", 24, 16, pretrained, **kwargs)
+    return _create("tost_cab_large_24_p16", pretrained, **kwargs)
 
 
 @register_model
 def tost_cab_tiny_12_p8(pretrained: bool = False, **kwargs: Any) -> ToST:
     """ToST-T12/8 (d 192, 4 heads, 12 TSSA layers, LayerScale 1.0)."""
-    return _create("tiny", 12, 8, pretrained, **kwargs)
+    return _create("tost_cab_tiny_12_p8", pretrained, **kwargs)
 
 
 @register_model
 def tost_cab_small_12_p8(pretrained: bool = False, **kwargs: Any) -> ToST:
     """ToST-S12/8 (d 384, 8 heads, 12 TSSA layers, LayerScale 1.0)."""
-    return _create("small", 12, 8, pretrained, **kwargs)
+    return _create("tost_cab_small_12_p8", pretrained, **kwargs)
 
 
 @register_model
 def tost_cab_tiny_24_p8(pretrained: bool = False, **kwargs: Any) -> ToST:
     """ToST-T24/8 (d 192, 4 heads, 24 TSSA layers, LayerScale 1e-5)."""
-    return _create("tiny", 24, 8, pretrained, **kwargs)
+    return _create("tost_cab_tiny_24_p8", pretrained, **kwargs)
 
 
 @register_model
 def tost_cab_small_24_p8(pretrained: bool = False, **kwargs: Any) -> ToST:
     """ToST-S24/8 (d 384, 8 heads, 24 TSSA layers, LayerScale 1e-5)."""
-    return _create("small", 24, 8, pretrained, **kwargs)
+    return _create("tost_cab_small_24_p8", pretrained, **kwargs)
 
 
 @register_model
 def tost_cab_medium_24_p8(pretrained: bool = False, **kwargs: Any) -> ToST:
     """ToST-M24/8 (d 512, 8 heads, 24 TSSA layers, LayerScale 1e-5)."""
-    return _create("medium", 24, 8, pretrained, **kwargs)
+    return _create("tost_cab_medium_24_p8", pretrained, **kwargs)
 
 
 @register_model
 def tost_cab_large_24_p8(pretrained: bool = False, **kwargs: Any) -> ToST:
     """ToST-L24/8 (d 768, 16 heads, 24 TSSA layers, LayerScale 1e-5)."""
-    return _create("large", 24, 8, pretrained, **kwargs)
+    return _create("tost_cab_large_24_p8", pretrained, **kwargs)
