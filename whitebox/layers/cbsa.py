@@ -103,15 +103,19 @@ class ContractBroadcastAttention(nn.Module):
         if isinstance(n, torch.fx.Proxy):
             return tokens, grid_size or self.grid_size
         count = n - self.num_prefix_tokens
-        if grid_size is None:
-            side = math.isqrt(count)
-            grid_size = self.grid_size if math.prod(self.grid_size) == count else (side, side)
-        if grid_size[0] * grid_size[1] != count:
+        if grid_size is not None:
+            if grid_size[0] * grid_size[1] != count:
+                raise ValueError(f"{count} patch tokens do not form the grid_size {tuple(grid_size)} given")
+            return tokens, tuple(grid_size)
+        if math.prod(self.grid_size) == count:
+            return tokens, self.grid_size
+        side = math.isqrt(count)
+        if side * side != count:
             raise ValueError(
-                f"{count} patch tokens do not form the grid {tuple(grid_size)} nor a square one; "
+                f"{count} patch tokens do not form the grid {self.grid_size} nor a square one; "
                 "pass grid_size=(H, W) of the patch grid"
             )
-        return tokens, tuple(grid_size)
+        return tokens, (side, side)
 
     def representatives(self, w: torch.Tensor, grid_size: tuple[int, int] | None = None) -> torch.Tensor:
         """The m pooled representatives (B, m, d) of the projected tokens ``w`` (B, N, d)."""
