@@ -117,6 +117,29 @@ class ContractBroadcastAttention(nn.Module):
             )
         return tokens, (side, side)
 
+    def subspaces(self) -> torch.Tensor:
+        """The heads' bases ``U_k`` as a (h, d, p) tensor (token rows map as ``x @ U_k``)."""
+        return self.qkv.weight.t().unflatten(1, (self.num_heads, self.head_dim)).permute(1, 0, 2)
+
+    def flops(self, num_tokens: int) -> dict[str, int]:
+        """Matrix-product FLOPs for N tokens and m representatives (``whitebox.layers.declare``): ``qkv`` and
+        ``proj`` 2 N d^2 each; ``contract`` (R w^T and A w) 4 m N d; ``compress`` (among the representatives)
+        4 m^2 d; ``broadcast`` (A^T S) 2 N m d. Pooling is averaging, not counted."""
+        n, d, m = num_tokens, self.qkv.in_features, self.num_representatives
+        return {
+            "qkv": 2 * n * d * self.qkv.out_features,
+            "contract": 4 * m * n * d,
+            "compress": 4 * m * m * d,
+            "broadcast": 2 * n * m * d,
+            "proj": 2 * n * d * self.proj.out_features,
+        }
+
+    def attention_maps(self, x: torch.Tensor):  # -> whitebox.layers.declare.AttentionMaps
+        """The contraction A (B, h, m, N) of ``x`` (B, N, d): how each representative gathers the tokens."""
+        from .declare import AttentionMaps
+
+        return AttentionMaps(maps=self(x, return_attention=True)[1], queries="other", name="contraction")
+
     def representatives(self, w: torch.Tensor, grid_size: tuple[int, int] | None = None) -> torch.Tensor:
         """The m pooled representatives (B, m, d) of the projected tokens ``w`` (B, N, d)."""
         tokens, (gh, gw) = self._grid(w, grid_size)
@@ -175,6 +198,21 @@ class ContractBroadcastBlock(nn.Module):
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
         self.ista = ISTA(dim, eta=eta, lambd=lambd)
+
+    def flops(self, num_tokens: int) -> dict[str, int]:
+        """CBSA's FLOPs under ``attn.`` and ISTA's two products (4 N d^2) as ``ista``."""
+        d = self.ista.weight.shape[0]
+        return {**{f"attn.{k}": v for k, v in self.attn.flops(num_tokens).items()}, "ista": 4 * num_tokens * d * d}
+
+    def probes(self):  # -> whitebox.layers.declare.BlockProbes
+        """Compression read around the CBSA step (block input, ``norm2`` input); maps: the contraction A."""
+        from .declare import BlockProbes, Probe
+
+        return BlockProbes(
+            compression=(Probe(self, "input"), Probe(self.norm2, "input")),
+            subspaces=self.attn.subspaces,
+            maps=self.attn,
+        )
 
     def forward(self, x: torch.Tensor, grid_size: tuple[int, int] | None = None) -> torch.Tensor:
         x = x + self.drop_path(self.attn(self.norm1(x), grid_size))

@@ -43,6 +43,16 @@ class ConvStemPatchEmbed(_PatchEmbedBase):
             layers.append(_conv_bn(widths[i - 1] if i else in_chans, width))
         self.proj = nn.Sequential(*layers)
 
+    def flops(self, grid_size: tuple[int, int]) -> dict[str, int]:
+        """Convolution FLOPs for a (gh, gw) patch grid: stage i runs at 2^(stages - 1 - i) times the grid."""
+        convs = [m[0] for m in self.proj if isinstance(m, nn.Sequential)]
+        total = 0
+        for i, conv in enumerate(convs):
+            scale = 2 ** (len(convs) - 1 - i)
+            rows = grid_size[0] * scale * grid_size[1] * scale
+            total += 2 * rows * conv.out_channels * conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1]
+        return {"": total}
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(x).flatten(2).transpose(1, 2)
 

@@ -62,6 +62,26 @@ class TokenStatisticsAttention(nn.Module):
         w_sq = F.normalize(w, dim=-2) ** 2
         return torch.softmax(w_sq.sum(dim=-1) * self.temperature, dim=1)
 
+    def subspaces(self) -> torch.Tensor:
+        """The heads' bases as a (h, d, p) tensor (token rows map as ``x @ W_k``)."""
+        return self.qkv.weight.t().unflatten(1, (self.num_heads, self.head_dim)).permute(1, 0, 2)
+
+    def flops(self, num_tokens: int) -> dict[str, int]:
+        """Matrix-product FLOPs for N tokens (``whitebox.layers.declare``): 2 N d^2 each for ``qkv`` and
+        ``proj``, 2 N d for the membership-weighted second moments (``stats``); no N x N term."""
+        n, d = num_tokens, self.qkv.in_features
+        return {
+            "qkv": 2 * n * d * self.qkv.out_features,
+            "stats": 2 * n * d,
+            "proj": 2 * n * d * self.proj.out_features,
+        }
+
+    def attention_maps(self, x: torch.Tensor):  # -> whitebox.layers.declare.AttentionMaps
+        """The memberships ``Pi`` of ``x`` (B, N, d) as maps (B, h, 1, N): which head each token belongs to."""
+        from .declare import AttentionMaps
+
+        return AttentionMaps(maps=self.membership(self.heads(x)).unsqueeze(2), queries="other", name="membership")
+
     def forward(
         self, x: torch.Tensor, return_membership: bool = False
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
@@ -121,6 +141,16 @@ class CausalTokenStatisticsAttention(nn.Module):
         self.attn_drop = nn.Dropout(attn_drop)
         self.proj = nn.Linear(dim, dim, bias=bias)
         self.proj_drop = nn.Dropout(proj_drop)
+
+    def flops(self, num_tokens: int) -> dict[str, int]:
+        """Matrix-product FLOPs for T tokens: ``qkv`` and ``proj`` (2 T d^2 each) and the cumulative
+        membership-weighted moments (``stats``, 2 T d multiply-adds)."""
+        n, d = num_tokens, self.qkv.in_features
+        return {
+            "qkv": 2 * n * d * self.qkv.out_features,
+            "stats": 2 * n * d,
+            "proj": 2 * n * d * self.proj.out_features,
+        }
 
     def forward(
         self, x: torch.Tensor, return_membership: bool = False

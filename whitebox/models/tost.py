@@ -63,6 +63,15 @@ class FourierPosEmbed(nn.Module):
         pos = torch.cat((fy, fx), dim=-1).permute(2, 0, 1)[None]  # (1, 2 * hidden, H, W)
         return self.token_projection(pos).flatten(2).transpose(1, 2)
 
+    def flops(self, grid_size: tuple[int, int]) -> dict[str, int]:
+        """The 1x1 projection's FLOPs for a (gh, gw) grid (the sines and cosines are not matrix products)."""
+        conv = self.token_projection
+        return {"": 2 * grid_size[0] * grid_size[1] * conv.in_channels * conv.out_channels}
+
+
+def _mlp_flops(mlp: Mlp, rows: int) -> int:
+    return 2 * rows * (mlp.fc1.in_features * mlp.fc1.out_features + mlp.fc2.in_features * mlp.fc2.out_features)
+
 
 class ToSTBlock(nn.Module):
     r"""ToST layer with LayerScale: ``x = x + g1 * TSSA(LN_1(x)); x = x + g2 * MLP(LN_2(x))`` (GELU MLP).
@@ -91,6 +100,21 @@ class ToSTBlock(nn.Module):
         self.gamma1 = nn.Parameter(layer_scale_init * torch.ones(dim))
         self.gamma2 = nn.Parameter(layer_scale_init * torch.ones(dim))
 
+    def flops(self, num_tokens: int) -> dict[str, int]:
+        """TSSA's FLOPs under ``attn.`` and the MLP's (``mlp``), for N tokens (``whitebox.layers.declare``)."""
+        attn = {f"attn.{k}": v for k, v in self.attn.flops(num_tokens).items()}
+        return {**attn, "mlp": _mlp_flops(self.mlp, num_tokens)}
+
+    def probes(self):  # -> whitebox.layers.declare.BlockProbes
+        """Compression read around the TSSA step (block input, ``norm2`` input); maps: the memberships Pi."""
+        from ..layers.declare import BlockProbes, Probe
+
+        return BlockProbes(
+            compression=(Probe(self, "input"), Probe(self.norm2, "input")),
+            subspaces=self.attn.subspaces,
+            maps=self.attn,
+        )
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.drop_path(self.gamma1 * self.attn(self.norm1(x)))
         return x + self.drop_path(self.gamma2 * self.mlp(self.norm2(x)))
@@ -112,9 +136,19 @@ class ClassAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def class_attention(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The class token's attention over all tokens (B, h, N), and the values (B, h, N, p)."""
         q, k, v = self.qkv(x).unflatten(-1, (3, self.num_heads, self.head_dim)).permute(2, 0, 3, 1, 4)
-        attn = torch.softmax((q[:, :, :1] * k).sum(dim=-1) * self.scale, dim=-1)  # (B, h, N)
+        return torch.softmax((q[:, :, :1] * k).sum(dim=-1) * self.scale, dim=-1), v
+
+    def attention_maps(self, x: torch.Tensor):  # -> whitebox.layers.declare.AttentionMaps
+        """The class token's attention (B, h, 1, N) over the tokens of ``x``."""
+        from ..layers.declare import AttentionMaps
+
+        return AttentionMaps(maps=self.class_attention(x)[0].unsqueeze(2), queries="other", name="class attention")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        attn, v = self.class_attention(x)
         cls = (self.attn_drop(attn).unsqueeze(2) @ v).transpose(1, 2).flatten(2)  # (B, 1, d)
         return torch.cat([self.proj_drop(self.proj(cls)), x[:, 1:]], dim=1)
 
@@ -150,6 +184,24 @@ class ClassAttentionBlock(nn.Module):
         self.gamma1 = nn.Parameter(layer_scale_init * torch.ones(dim))
         self.gamma2 = nn.Parameter(layer_scale_init * torch.ones(dim))
         self.tokens_norm = tokens_norm
+
+    def flops(self, num_tokens: int) -> dict[str, int]:
+        """FLOPs for N tokens: ``qkv`` on every token (as the authors compute it), the class token's scores
+        and values (2 N d each), ``proj`` and ``mlp`` on the class token only."""
+        n, d = num_tokens, self.attn.qkv.in_features
+        return {
+            "attn.qkv": 2 * n * d * self.attn.qkv.out_features,
+            "attn.scores": 2 * n * d,
+            "attn.values": 2 * n * d,
+            "attn.proj": 2 * d * self.attn.proj.out_features,
+            "mlp": _mlp_flops(self.mlp, 1),
+        }
+
+    def probes(self):  # -> whitebox.layers.declare.BlockProbes
+        """No compression step (CaiT's class attention); maps: the class token's attention."""
+        from ..layers.declare import BlockProbes
+
+        return BlockProbes(maps=self.attn)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.gamma1 * self.attn(self.norm1(x))
@@ -235,8 +287,8 @@ class ToST(nn.Module):
         common = dict(dim=embed_dim, num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias)
         drops = dict(layer_scale_init=layer_scale_init, attn_drop=attn_drop_rate, proj_drop=proj_drop_rate)
         self.blocks = nn.Sequential(*[ToSTBlock(**common, **drops, drop_path=drop_path_rate) for _ in range(depth)])
-        self.cls_attn_blocks = nn.ModuleList(
-            [ClassAttentionBlock(**common, **drops, tokens_norm=tokens_norm) for _ in range(cls_attn_layers)]
+        self.cls_attn_blocks = nn.Sequential(
+            *[ClassAttentionBlock(**common, **drops, tokens_norm=tokens_norm) for _ in range(cls_attn_layers)]
         )
         self.feature_info = [dict(module=f"blocks.{i}", num_chs=embed_dim, reduction=patch_size) for i in range(depth)]
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
@@ -287,6 +339,28 @@ class ToST(nn.Module):
             self.global_pool = global_pool
         self.num_classes = check_int("num_classes", num_classes, 0, 10_000_000)
         self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+
+    def flops(self, grid_size: tuple[int, int], features_only: bool = False) -> dict[str, int]:
+        """Matrix-product FLOPs of one image with a (gh, gw) patch grid (``whitebox.flops.count_flops``).
+
+        Names: ``patch_embed``, ``pos_embed``, ``encoder.<component>`` (the TSSA layers on N patch tokens,
+        summed), ``class_attention.<component>`` (on 1 + N tokens), ``head`` unless ``features_only``.
+        """
+        n = grid_size[0] * grid_size[1]
+        out: dict[str, int] = {"patch_embed": self.patch_embed.flops(grid_size)[""]}
+        if self.pos_embed is not None:
+            out["pos_embed"] = self.pos_embed.flops(grid_size)[""]
+        for stage, blocks, tokens in (("encoder", self.blocks, n), ("class_attention", self.cls_attn_blocks, n + 1)):
+            for blk in blocks:
+                for k, v in blk.flops(tokens).items():
+                    out[f"{stage}.{k}"] = out.get(f"{stage}.{k}", 0) + v
+        if not features_only and isinstance(self.head, nn.Linear):
+            out["head"] = 2 * (n + 1 if self.global_pool == "" else 1) * self.head.in_features * self.head.out_features
+        return out
+
+    def analysis_stacks(self) -> dict[str, nn.Sequential]:
+        """The stacks the layer-wise analysis walks, in forward order: the TSSA layers, then class attention."""
+        return {"encoder": self.blocks, "class_attention": self.cls_attn_blocks}
 
     # ----------------------------------------------------------------------------- forward
     def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -347,7 +421,7 @@ class ToST(nn.Module):
         if prune_norm:
             self.norm = nn.Identity()
         if prune_head:
-            self.cls_attn_blocks = nn.ModuleList()
+            self.cls_attn_blocks = nn.Sequential()
             self.reset_classifier(0, "")
         return take_indices
 
