@@ -43,6 +43,11 @@ class ConvStemPatchEmbed(_PatchEmbedBase):
             layers.append(_conv_bn(widths[i - 1] if i else in_chans, width))
         self.proj = nn.Sequential(*layers)
 
+    @property
+    def weight_dtype(self) -> torch.dtype:
+        """The dtype of the first convolution (what images must have outside autocast)."""
+        return self.proj[0][0].weight.dtype
+
     def flops(self, grid_size: tuple[int, int]) -> dict[str, int]:
         """Convolution FLOPs for a (gh, gw) patch grid: stage i runs at 2^(stages - 1 - i) times the grid."""
         convs = [m[0] for m in self.proj if isinstance(m, nn.Sequential)]
