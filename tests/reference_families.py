@@ -118,6 +118,15 @@ class RefCausalTSSA(nn.Module):
         return self.c_proj(y.transpose(1, 2).contiguous().view(b, t, c))
 
 
+class RefBaselineTSSA(RefTSSA):
+    """``TSSA`` of ``CBSA_image_classification/attn_layers.py`` (the white-box ToST baseline): no qkv bias,
+    ``to_out`` a plain Linear."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__(dim, heads, qkv_bias=False)
+        self.to_out = nn.Linear(dim, dim)
+
+
 class RefToSTBlock(nn.Module):
     def __init__(self, dim: int, heads: int, eta: float) -> None:
         super().__init__()
@@ -274,7 +283,7 @@ class RefPreNorm(nn.Module):
 class RefCBT(nn.Module):
     """``VisionTransformer(attn=CBSA, ffn=ISTA)`` of ``CBSA_image_classification/models.py`` in its layout."""
 
-    def __init__(self, img_size=32, patch=8, dim=64, depth=2, heads=4, num_classes=10, in_chans=3):
+    def __init__(self, img_size=32, patch=8, dim=64, depth=2, heads=4, num_classes=10, in_chans=3, attn=RefCBSA):
         super().__init__()
         n = (img_size // patch) ** 2
         self.to_patch_embedding = RefConvStem(patch, dim, in_chans)
@@ -282,7 +291,7 @@ class RefCBT(nn.Module):
         self.cls_token = nn.Parameter(torch.randn(1, 1, dim))
         self.transformer = nn.Module()
         self.transformer.layers = nn.ModuleList(
-            [nn.ModuleList([RefPreNorm(dim, RefCBSA(dim, heads)), RefPreNorm(dim, RefISTA(dim))]) for _ in range(depth)]
+            [nn.ModuleList([RefPreNorm(dim, attn(dim, heads)), RefPreNorm(dim, RefISTA(dim))]) for _ in range(depth)]
         )
         self.mlp_head = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, num_classes))
 

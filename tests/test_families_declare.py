@@ -15,6 +15,7 @@ from whitebox.layers import (
     ContractBroadcastBlock,
     ConvStemPatchEmbed,
     TokenStatisticsAttention,
+    TokenStatisticsBlock,
 )
 from whitebox.models.tost import ClassAttentionBlock, FourierPosEmbed, ToSTBlock
 
@@ -44,6 +45,8 @@ def test_layer_flops_equal_the_products_the_forward_runs(n):
     cbsa = ContractBroadcastAttention(64, 4, grid_size=(side, side))
     tokens = torch.randn(1, 1 + side * side, 64)
     assert _total(cbsa.flops(tokens.shape[1])) == _measured(cbsa, tokens)
+    whitebox_block = TokenStatisticsBlock(64, 4)
+    assert _total(whitebox_block.flops(tokens.shape[1])) == _measured(whitebox_block, tokens)
     block = ContractBroadcastBlock(64, 4, grid_size=(side, side))
     assert _total(block.flops(tokens.shape[1])) == _measured(block, tokens)
     assert block.flops(tokens.shape[1])["ista"] == 4 * tokens.shape[1] * 64 * 64
@@ -90,7 +93,7 @@ def test_blocks_declare_their_probe_points_and_maps():
         ContractBroadcastBlock(64, 4, grid_size=(4, 4)),
         ClassAttentionBlock(64, 4),
     )
-    for block in (tssa_block, cbsa_block):
+    for block in (tssa_block, cbsa_block, TokenStatisticsBlock(64, 4)):
         probes = block.probes()
         assert isinstance(probes, declare.BlockProbes)
         before, after = probes.compression

@@ -166,7 +166,9 @@ def test_optimizer_interface(name):
     assert order.index(stem) < order.index(first_block)
 
 
-@pytest.mark.parametrize("name", [n for n in MODELS if n.startswith(("crate_", "cbt_")) and "mae" not in n])
+@pytest.mark.parametrize(
+    "name", [n for n in MODELS if n.startswith(("crate_", "cbt_", "tost_ista_")) and "mae" not in n]
+)
 def test_learned_positions_resize(name):
     model = _create(name)
     with pytest.raises(ValueError, match="dynamic_img_size"):

@@ -31,11 +31,13 @@ def test_supervised_models_are_known():
     assert {"crate_tiny", "crate_small", "crate_base", "crate_large"} <= set(SUPERVISED)
     assert {"crate_alpha_base_patch16", "crate_alpha_large_patch14"} <= set(SUPERVISED)
     assert {"tost_cab_tiny_12_p16", "tost_cab_large_24_p8", "cbt_tiny_patch16", "cbt_large_patch16"} <= set(SUPERVISED)
+    assert {"tost_ista_tiny_patch16", "tost_ista_small_patch16"} <= set(SUPERVISED)
 
 
 # per family: a graph node inside the second block (training graph) and inside the third (eval graph), and the
 # tokens a block sees (ToST's TSSA layers run on the patch tokens; its class token enters after them)
 FX_NODES = {
+    "tost_ista_": ("blocks.1.ista.relu", "blocks.2.attn.softmax", 17),
     "tost_": ("blocks.1.attn.softmax", "blocks.2.mlp.fc2", 16),
     "cbt_": ("blocks.1.ista.relu", "blocks.2.attn.adaptive_avg_pool2d", 17),
     "crate_": ("blocks.1.ista.relu", "blocks.2.attn.proj", 17),

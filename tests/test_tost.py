@@ -11,7 +11,9 @@ import timm
 import torch
 from _servers import LocalServer
 from reference_families import (
+    RefBaselineTSSA,
     RefCausalTSSA,
+    RefCBT,
     RefClassAttentionBlock,
     RefConvStem,
     RefFourier,
@@ -318,3 +320,51 @@ def test_layerscale_and_no_weight_decay():
 def test_bad_arguments_are_refused_up_front(kwargs, message):
     with pytest.raises((ValueError, TypeError), match=message):
         whitebox.create_model("tost_cab_tiny_12_p16", **{**SHAPE, **kwargs})
+
+
+# ----------------------------------------------------------------------------- the fully white-box variant
+def _whitebox_to_official(model) -> dict:
+    """Our WhiteBoxToST weights under the CBSA authors' names (their ToST baseline)."""
+    out = {}
+    for k, v in model.state_dict().items():
+        k = k.replace("patch_embed.", "to_patch_embedding.").replace("pos_embed", "pos_embedding")
+        k = {"fc_norm.weight": "mlp_head.0.weight", "fc_norm.bias": "mlp_head.0.bias"}.get(k, k)
+        k = {"head.weight": "mlp_head.1.weight", "head.bias": "mlp_head.1.bias"}.get(k, k)
+        if k.startswith("blocks."):
+            _, i, rest = k.split(".", 2)
+            rest = {"attn.temperature": "0.fn.temp", "ista.weight": "1.fn.weight"}.get(rest, rest)
+            rest = rest.replace("norm1.", "0.norm.").replace("norm2.", "1.norm.").replace("attn.qkv.", "0.fn.qkv.")
+            rest = rest.replace("attn.proj.", "0.fn.to_out.")
+            k = f"transformer.layers.{i}.{rest}"
+        out[k] = v
+    return out
+
+
+def test_whitebox_tost_matches_the_cbsa_authors_baseline_and_loads_their_layout(tmp_path):
+    ours = randomize_all_(whitebox.create_model("tost_ista_tiny_patch16", **SHAPE), seed=10).eval()
+    ref = RefCBT(32, 8, 64, 2, 4, num_classes=1000, attn=RefBaselineTSSA)
+    ref.load_state_dict(_whitebox_to_official(ours))  # strict: their key set exactly
+    ref.eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert _err(ours(x), ref(x)) < 1e-4
+    path = tmp_path / "baseline.pth"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in ref.state_dict().items()}}, path)
+    loaded = whitebox.create_model("tost_ista_tiny_patch16", **SHAPE, checkpoint_path=path)
+    assert _agrees(loaded, ref) < 1e-4
+    assert (
+        loaded.blocks[0].attn.qkv.bias is None and not whitebox.get_pretrained_cfg("tost_ista_tiny_patch16").has_weights
+    )
+    assert {"cls_token", "pos_embed", "blocks.1.attn.temperature"} <= loaded.no_weight_decay()
+
+
+@pytest.mark.parametrize(
+    ("name", "dim", "heads"), [("tost_ista_tiny_patch16", 192, 3), ("tost_ista_small_patch16", 384, 6)]
+)
+def test_whitebox_tost_sizes_are_the_baselines(name, dim, heads):
+    with torch.device("meta"):
+        ours = whitebox.create_model(name)
+        ref = RefCBT(224, 16, dim, 12, heads, num_classes=1000, attn=RefBaselineTSSA)
+    assert {k: v.shape for k, v in _whitebox_to_official(ours).items()} == {
+        k: v.shape for k, v in ref.state_dict().items()
+    }

@@ -8,7 +8,7 @@ from .mssa import SubspaceAttention
 from .overcomplete_ista import OvercompleteISTA
 from .patch_embed import ConvPatchEmbed, LinearPatchEmbed, check_images
 from .pos_embed import SinCosPosEmbed, sincos_2d
-from .tssa import CausalTokenStatisticsAttention, TokenStatisticsAttention
+from .tssa import CausalTokenStatisticsAttention, TokenStatisticsAttention, TokenStatisticsBlock
 
 __all__ = [
     "ISTA",
@@ -25,6 +25,7 @@ __all__ = [
     "SinCosPosEmbed",
     "SubspaceAttention",
     "TokenStatisticsAttention",
+    "TokenStatisticsBlock",
     "adapt_stem_channels",
     "check_images",
     "sincos_2d",

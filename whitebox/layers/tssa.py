@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from timm.layers import DropPath
 from torch import nn
+
+from .ista import ISTA
 
 
 def _check(dim: int, num_heads: int) -> None:
@@ -167,3 +170,52 @@ class CausalTokenStatisticsAttention(nn.Module):
         out = -(w * pi.unsqueeze(-1)) * self.attn_drop(1.0 / (1.0 + moment))
         out = self.proj_drop(self.proj(out.transpose(1, 2).flatten(2)))
         return (out, pi) if return_membership else out
+
+
+class TokenStatisticsBlock(nn.Module):
+    r"""A fully white-box ToST layer: compress with TSSA, sparsify with one ISTA step (CRATE's layer, MSSA -> TSSA)::
+
+        z  = x + TSSA(LN_1(x))
+        x' = ISTA(LN_2(z))          (no residual around ISTA; eta 0.1, lambda 0.1)
+
+    As the CBSA authors' ToST baseline builds it (``CBSA_image_classification/models.py``, ``ToST_tiny``:
+    ``TSSA`` without a bias on its projection, LayerNorm eps 1e-5). ``drop_path`` applies to the TSSA branch.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        eta: float = 0.1,
+        lambd: float = 0.1,
+        qkv_bias: bool = False,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+        drop_path: float = 0.0,
+        norm_eps: float = 1e-5,
+    ) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
+        self.attn = TokenStatisticsAttention(dim, num_heads, qkv_bias, attn_drop, proj_drop)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
+        self.ista = ISTA(dim, eta=eta, lambd=lambd)
+
+    def flops(self, num_tokens: int) -> dict[str, int]:
+        """TSSA's FLOPs under ``attn.`` and ISTA's two products (4 N d^2) as ``ista``."""
+        d = self.ista.weight.shape[0]
+        return {**{f"attn.{k}": v for k, v in self.attn.flops(num_tokens).items()}, "ista": 4 * num_tokens * d * d}
+
+    def probes(self):  # -> whitebox.layers.declare.BlockProbes
+        """Compression read around the TSSA step (block input, ``norm2`` input); maps: the memberships Pi."""
+        from .declare import BlockProbes, Probe
+
+        return BlockProbes(
+            compression=(Probe(self, "input"), Probe(self.norm2, "input")),
+            subspaces=self.attn.subspaces,
+            maps=self.attn,
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x)))
+        return self.ista(self.norm2(x))

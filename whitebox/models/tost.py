@@ -23,12 +23,12 @@ from torch import nn
 
 from registry import build_model_with_cfg, generate_default_cfgs, register_model
 
-from ..layers import ConvStemPatchEmbed, TokenStatisticsAttention, adapt_stem_channels
+from ..layers import ConvStemPatchEmbed, TokenStatisticsAttention, TokenStatisticsBlock, adapt_stem_channels
 from ._adapt import adapt_state_dict, clean_state_dict, rename_all
 from ._args import MAX_DEPTH, check_float, check_image_size, check_int, check_rates, check_width
-from ._encoder import GlobalPool
+from ._encoder import GlobalPool, TokenEncoder
 
-__all__ = ["ClassAttentionBlock", "FourierPosEmbed", "ToST", "ToSTBlock"]
+__all__ = ["ClassAttentionBlock", "FourierPosEmbed", "ToST", "ToSTBlock", "WhiteBoxToST"]
 
 
 class FourierPosEmbed(nn.Module):
@@ -464,7 +464,82 @@ class ToST(nn.Module):
         return self.norm(self.forward_cls(x)), intermediates
 
 
-# ----------------------------------------------------------------------------- the authors' layout
+class WhiteBoxToST(TokenEncoder):
+    """A fully white-box ToST: CRATE's network with TSSA for MSSA (``whitebox.layers.TokenStatisticsBlock``:
+    ``x = x + TSSA(LN(x)); x = ISTA(LN(x))``), no MLP, no LayerScale, no class attention.
+
+    The harness is the one the CBSA authors trained their ToST baseline in (``ToST_tiny`` / ``ToST_small`` of
+    ``CBSA_image_classification/models.py``): XCiT's convolutional stem with BatchNorm, a class token and a
+    learned position table, a head ``LN + Linear`` on the class token. No weights are published.
+
+    Args:
+        img_size, patch_size, in_chans: input geometry (patch 8 or 16: the stem's stages).
+        num_classes, global_pool: the head (``'token'``, ``'avg'`` or ``''``).
+        embed_dim, depth, num_heads: width d, layers L, heads h.
+        eta, lambd: ISTA step size and threshold (0.1 and 0.1).
+        qkv_bias: a bias on TSSA's projection (the authors' baseline: none).
+        drop_rate, pos_drop_rate, attn_drop_rate, proj_drop_rate, drop_path_rate: regularisation (0).
+        dynamic_img_size: accept other image sizes by resampling the position table.
+    """
+
+    def __init__(
+        self,
+        img_size: int | tuple[int, int] = 224,
+        patch_size: int = 16,
+        in_chans: int = 3,
+        num_classes: int = 1000,
+        global_pool: GlobalPool = "token",
+        embed_dim: int = 384,
+        depth: int = 12,
+        num_heads: int = 6,
+        eta: float = 0.1,
+        lambd: float = 0.1,
+        qkv_bias: bool = False,
+        drop_rate: float = 0.0,
+        pos_drop_rate: float = 0.0,
+        attn_drop_rate: float = 0.0,
+        proj_drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+        dynamic_img_size: bool = False,
+    ) -> None:
+        if patch_size not in (8, 16):
+            raise ValueError(f"patch_size must be 8 or 16 (the convolutional stem's stages), got {patch_size}")
+        check_float("eta", eta, 0.0, open_low=True)
+        check_float("lambd", lambd, 0.0)
+        check_rates(attn_drop_rate=attn_drop_rate, proj_drop_rate=proj_drop_rate)
+        super().__init__(
+            block_fn=TokenStatisticsBlock,
+            img_size=img_size,
+            patch_size=patch_size,
+            in_chans=in_chans,
+            num_classes=num_classes,
+            global_pool=global_pool,
+            embed_dim=embed_dim,
+            depth=depth,
+            num_heads=num_heads,
+            embed_layer="conv",
+            pos_embed="learn",
+            final_norm=False,  # the head's LN (eps 1e-5) is the only final norm
+            fc_norm=True,
+            drop_rate=drop_rate,
+            pos_drop_rate=pos_drop_rate,
+            drop_path_rate=drop_path_rate,
+            dynamic_img_size=dynamic_img_size,
+            block_kwargs=dict(
+                eta=eta, lambd=lambd, qkv_bias=qkv_bias, attn_drop=attn_drop_rate, proj_drop=proj_drop_rate
+            ),
+        )
+        self.patch_embed = ConvStemPatchEmbed(img_size, patch_size, in_chans, embed_dim)
+        nn.init.normal_(self.cls_token)  # the authors' harness: N(0, 1) class token and positions
+        nn.init.normal_(self.pos_embed)
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        """Class token, position table and every TSSA temperature (tau)."""
+        return super().no_weight_decay() | {n for n, _ in self.named_parameters() if n.endswith("attn.temperature")}
+
+
+# ----------------------------------------------------------------------------- the authors' layouts
 def is_official_tost(state_dict: dict[str, torch.Tensor]) -> bool:
     return any(k.startswith("pos_embeder.") or ".attn.to_out.0." in k or k.endswith(".attn.temp") for k in state_dict)
 
@@ -493,11 +568,44 @@ def tost_official_to_native(state_dict: dict[str, torch.Tensor]) -> dict[str, to
     return rename_all(state_dict, rename, "official ToST")
 
 
+def whitebox_tost_official_to_native(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The CBSA authors' white-box ToST keys (``models.py``: ``to_patch_embedding.proj``, ``pos_embedding``,
+    ``transformer.layers.i.{0,1}`` with ``PreNorm`` around ``TSSA`` / ``ISTA``, ``mlp_head``) -> ``WhiteBoxToST``."""
+    fixed = {
+        "pos_embedding": "pos_embed",
+        "cls_token": "cls_token",
+        "mlp_head.0.weight": "fc_norm.weight",
+        "mlp_head.0.bias": "fc_norm.bias",
+        "mlp_head.1.weight": "head.weight",
+        "mlp_head.1.bias": "head.bias",
+    }
+    attn = {"qkv.weight": "qkv.weight", "qkv.bias": "qkv.bias", "temp": "temperature"}
+    attn |= {"to_out.weight": "proj.weight", "to_out.bias": "proj.bias"}
+
+    def rename(k: str) -> str | None:
+        if k in fixed:
+            return fixed[k]
+        if m := re.fullmatch(r"to_patch_embedding\.(proj\.\d+\.[01]\.\w+)", k):
+            return f"patch_embed.{m.group(1)}"
+        if m := re.fullmatch(r"transformer\.layers\.(\d+)\.([01])\.norm\.(weight|bias)", k):
+            return f"blocks.{m.group(1)}.norm{int(m.group(2)) + 1}.{m.group(3)}"
+        if (m := re.fullmatch(r"transformer\.layers\.(\d+)\.0\.fn\.(.+)", k)) and m.group(2) in attn:
+            return f"blocks.{m.group(1)}.attn.{attn[m.group(2)]}"
+        if m := re.fullmatch(r"transformer\.layers\.(\d+)\.1\.fn\.weight", k):
+            return f"blocks.{m.group(1)}.ista.weight"
+        return None
+
+    return rename_all(state_dict, rename, "official white-box ToST")
+
+
 def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
-    """The authors' ToST layout (their training checkpoints keep it under ``'model'``) or ours -> ``model``,
-    adapted to its ``num_classes`` and ``in_chans``; a model without positions drops theirs."""
+    """The authors' ToST layout (their training checkpoints keep it under ``'model'``), the CBSA authors'
+    white-box ToST layout, or ours -> ``model``, adapted to its ``num_classes``, ``in_chans`` (and, with a
+    learned table, ``img_size``); a model without positions drops theirs."""
     sd = clean_state_dict(state_dict)
-    if is_official_tost(sd):
+    if any(k.startswith(("transformer.layers.", "to_patch_embedding.")) for k in sd):
+        sd = whitebox_tost_official_to_native(sd)
+    elif is_official_tost(sd):
         sd = tost_official_to_native(sd)
     if getattr(model, "pos_embed", None) is None:
         sd = {k: v for k, v in sd.items() if not k.startswith("pos_embed.")}  # theirs always builds one
@@ -538,7 +646,19 @@ _VARIANTS = [
     for patch in (16, 8)
     for size, depth in [("tiny", 12), ("small", 12), ("tiny", 24), ("small", 24), ("medium", 24), ("large", 24)]
 ]
-default_cfgs = generate_default_cfgs({f"tost_cab_{s}_{d}_p{p}": _cfg() for s, d, p in _VARIANTS})
+_WHITEBOX_NOTE = (
+    "Fully white-box ToST (TSSA + ISTA, no class attention) in the harness of the CBSA authors' ToST baseline "
+    "(QishuaiWen/CBSA, CBSA_image_classification/models.py, MIT); no weights are published.",
+)
+default_cfgs = generate_default_cfgs(
+    {f"tost_cab_{s}_{d}_p{p}": _cfg() for s, d, p in _VARIANTS}
+    | {
+        f"tost_ista_{s}_patch16": _cfg(
+            fixed_input_size=True, interpolation="bilinear", license="mit", notes=_WHITEBOX_NOTE
+        )
+        for s in ("tiny", "small")
+    }
+)
 
 
 def _create(variant: str, pretrained: bool, **kwargs: Any) -> ToST:
@@ -621,3 +741,21 @@ def tost_cab_medium_24_p8(pretrained: bool = False, **kwargs: Any) -> ToST:
 def tost_cab_large_24_p8(pretrained: bool = False, **kwargs: Any) -> ToST:
     """ToST-L24/8 (d 768, 16 heads, 24 TSSA layers, LayerScale 1e-5)."""
     return _create("tost_cab_large_24_p8", pretrained, **kwargs)
+
+
+def _create_whitebox(variant: str, pretrained: bool, defaults: dict[str, Any], **kwargs: Any) -> WhiteBoxToST:
+    return build_model_with_cfg(
+        WhiteBoxToST, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn, **{**defaults, **kwargs}
+    )
+
+
+@register_model
+def tost_ista_tiny_patch16(pretrained: bool = False, **kwargs: Any) -> WhiteBoxToST:
+    """White-box ToST-T/16: TSSA + ISTA layers (d 192, 3 heads, 12 layers), the CBSA authors' ``ToST_tiny``."""
+    return _create_whitebox("tost_ista_tiny_patch16", pretrained, dict(embed_dim=192, depth=12, num_heads=3), **kwargs)
+
+
+@register_model
+def tost_ista_small_patch16(pretrained: bool = False, **kwargs: Any) -> WhiteBoxToST:
+    """White-box ToST-S/16: TSSA + ISTA layers (d 384, 6 heads, 12 layers), the CBSA authors' ``ToST_small``."""
+    return _create_whitebox("tost_ista_small_patch16", pretrained, dict(embed_dim=384, depth=12, num_heads=6), **kwargs)
