@@ -368,3 +368,11 @@ def test_whitebox_tost_sizes_are_the_baselines(name, dim, heads):
     assert {k: v.shape for k, v in _whitebox_to_official(ours).items()} == {
         k: v.shape for k, v in ref.state_dict().items()
     }
+
+
+def test_saved_converted_model_round_trips_through_local_dir_and_timm(tmp_path):
+    path, ref = _official_checkpoint(tmp_path)
+    model = whitebox.create_model("tost_cab_tiny_12_p16", **SHAPE, checkpoint_path=path)
+    folder = whitebox.save_pretrained(model, tmp_path / "saved")
+    assert _agrees(whitebox.create_model(f"local-dir:{folder}"), ref) < 1e-4
+    assert _agrees(timm.create_model(f"local-dir:{folder}", pretrained=True), ref) < 1e-4

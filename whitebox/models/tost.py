@@ -160,8 +160,9 @@ class ClassAttentionBlock(nn.Module):
         x = LN_2(x)                     (all tokens with ``tokens_norm``, the ToST models; else the class token)
         x = x + [g2 * MLP(x_0), x_1, ..., x_N]
 
-    The last line doubles the patch rows; the next block's keys and values see them, so weights trained
-    with this code depend on it and it is kept.
+    The last line doubles the patch rows. The next block reads them through a LayerNorm, which is
+    scale-invariant, so the class token (and the logits) barely notice; the patch tokens that
+    ``forward_features`` returns do, and they are kept equal to the authors'.
     """
 
     def __init__(
