@@ -122,7 +122,7 @@ def test_bf16_error_is_the_references(images):
     assert ours_err <= 1.5 * ref_err
 
 
-@pytest.mark.parametrize("name", ["crate_tiny", "crate_alpha_base_patch16"])
+@pytest.mark.parametrize("name", ["crate_tiny", "crate_alpha_base_patch16", "tost_cab_tiny_12_p16", "cbt_tiny_patch16"])
 def test_crate_classifier_bf16_close_to_fp32(images, name):
     model = whitebox.create_model(name, **tiny_kwargs(name), num_classes=10).eval()
     with torch.no_grad():

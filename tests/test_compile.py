@@ -17,6 +17,7 @@ import whitebox
 
 MAE_MODELS = [n for n in whitebox.list_models() if "_mae_" in n]
 CRATE_MODELS = [n for n in whitebox.list_models() if n.startswith("crate_") and "_mae_" not in n]
+LINEAR_ATTENTION_MODELS = whitebox.list_models(["tost_*", "cbt_*"])  # ToST (TSSA) and CBT (CBSA)
 
 # aten ops that read tensor data on the host (a device sync on a GPU) or give data-dependent shapes
 SYNC_OPS = {
@@ -95,7 +96,7 @@ def test_mae_train_graph_aot_eager(name):
             torch.testing.assert_close(grads[n], p.grad, rtol=1e-4, atol=1e-6, msg=n)
 
 
-@pytest.mark.parametrize("name", CRATE_MODELS)
+@pytest.mark.parametrize("name", CRATE_MODELS + LINEAR_ATTENTION_MODELS)
 def test_crate_classifier_and_features_fullgraph(name):
     model = whitebox.create_model(name, **tiny_kwargs(name), num_classes=10).eval()
     x = torch.randn(2, 3, 32, 32)

@@ -9,7 +9,14 @@ from torch.export import Dim
 import whitebox
 
 SMALL = dict(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4)
-CASES = ["crate_tiny", "crate_alpha_base_patch16", "crate_mae_tiny", "vit_mae_base"]
+CASES = [
+    "crate_tiny",
+    "crate_alpha_base_patch16",
+    "crate_mae_tiny",
+    "vit_mae_base",
+    "tost_cab_tiny_12_p16",
+    "cbt_tiny_patch16",
+]
 
 
 def _exportable(name: str) -> torch.nn.Module:

@@ -32,6 +32,8 @@ def test_every_family_is_registered():
     expected |= {f"crate_mae_{s}" for s in ("tiny", "small", "base", "large")} | {"vit_mae_base", "vit_mae_large"}
     expected |= {f"crate_alpha_{s}_patch{p}" for s, p in [("base", 8), ("base", 16), ("base", 32), ("large", 8)]}
     expected |= {"crate_alpha_large_patch14", "crate_alpha_large_patch32"}
+    expected |= {f"cbt_{s}_patch16" for s in ("tiny", "small", "base", "large")}
+    expected |= {f"tost_cab_{s}_{d}_p{p}" for s, d in [("tiny", 12), ("small", 12), ("medium", 24)] for p in (8, 16)}
     assert expected <= set(MODELS)
 
 
@@ -164,7 +166,9 @@ def test_optimizer_interface(name):
     assert order.index(stem) < order.index(first_block)
 
 
-@pytest.mark.parametrize("name", [n for n in MODELS if n.startswith("crate_") and "mae" not in n])
+@pytest.mark.parametrize(
+    "name", [n for n in MODELS if n.startswith(("crate_", "cbt_", "tost_ista_")) and "mae" not in n]
+)
 def test_learned_positions_resize(name):
     model = _create(name)
     with pytest.raises(ValueError, match="dynamic_img_size"):

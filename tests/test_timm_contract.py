@@ -30,6 +30,22 @@ def _small(name: str, **kwargs) -> torch.nn.Module:
 def test_supervised_models_are_known():
     assert {"crate_tiny", "crate_small", "crate_base", "crate_large"} <= set(SUPERVISED)
     assert {"crate_alpha_base_patch16", "crate_alpha_large_patch14"} <= set(SUPERVISED)
+    assert {"tost_cab_tiny_12_p16", "tost_cab_large_24_p8", "cbt_tiny_patch16", "cbt_large_patch16"} <= set(SUPERVISED)
+    assert {"tost_ista_tiny_patch16", "tost_ista_small_patch16"} <= set(SUPERVISED)
+
+
+# per family: a graph node inside the second block (training graph) and inside the third (eval graph), and the
+# tokens a block sees (ToST's TSSA layers run on the patch tokens; its class token enters after them)
+FX_NODES = {
+    "tost_ista_": ("blocks.1.ista.relu", "blocks.2.attn.softmax", 17),
+    "tost_": ("blocks.1.attn.softmax", "blocks.2.mlp.fc2", 16),
+    "cbt_": ("blocks.1.ista.relu", "blocks.2.attn.adaptive_avg_pool2d", 17),
+    "crate_": ("blocks.1.ista.relu", "blocks.2.attn.proj", 17),
+}
+
+
+def _fx_nodes(name: str) -> tuple[str, str, int]:
+    return next(v for k, v in FX_NODES.items() if name.startswith(k))
 
 
 @pytest.mark.parametrize("name", timm.list_models([f"{n}*" for n in ALL], include_tags=True))
@@ -75,7 +91,8 @@ def test_backbone_interface(name):
 def test_features_only_carries_its_record(name):
     model = _small(name, features_only=True, out_indices=(0, 2)).eval()
     assert model.default_cfg is model.pretrained_cfg
-    assert model.pretrained_cfg["first_conv"] == "patch_embed.proj"
+    assert model.pretrained_cfg["first_conv"] == whitebox.get_pretrained_cfg(name).first_conv
+    assert model.pretrained_cfg["first_conv"].startswith("patch_embed.proj")
     assert "num_classes" not in model.pretrained_cfg and "classifier" not in model.pretrained_cfg
     assert [f.shape for f in model(X)] == [(2, 64, 4, 4)] * 2
     assert model.feature_info.channels() == [64, 64] and model.feature_info.reduction() == [8, 8]
@@ -87,12 +104,13 @@ def test_fx_feature_extraction_forward_and_backward(name):
 
     model = _small(name).train()
     train_nodes, eval_nodes = get_graph_node_names(model)
-    assert "blocks.1.ista.relu" in train_nodes and "blocks.2.attn.proj" in eval_nodes
+    train_node, eval_node, tokens = _fx_nodes(name)
+    assert train_node in train_nodes and eval_node in eval_nodes
     extractor = create_feature_extractor(
         model, train_return_nodes=["blocks.1", train_nodes[-1]], eval_return_nodes=["blocks.1", eval_nodes[-1]]
     )
     out = extractor(X)
-    assert out["blocks.1"].shape == (2, 17, 64) and out[train_nodes[-1]].shape == (2, 1000)
+    assert out["blocks.1"].shape == (2, tokens, 64) and out[train_nodes[-1]].shape == (2, 1000)
     out[train_nodes[-1]].mean().backward()
     assert [n for n, p in model.named_parameters() if p.grad is None] == []
     model.eval()
@@ -100,7 +118,7 @@ def test_fx_feature_extraction_forward_and_backward(name):
     with torch.no_grad():
         torch.testing.assert_close(extractor(X)[eval_nodes[-1]], model(X))
         _, inter = model.forward_intermediates(X, indices=[1], output_fmt="NLC")
-        torch.testing.assert_close(extractor(X)["blocks.1"][:, 1:], inter[0])
+        torch.testing.assert_close(extractor(X)["blocks.1"][:, tokens - 16 :], inter[0])
 
 
 @pytest.mark.parametrize("name", [n for n in ALL if n not in SUPERVISED])

@@ -1,15 +1,22 @@
 """Reusable white-box building blocks; each is a plain ``nn.Module`` on (B, N, d) tokens."""
 
 from .blocks import CrateAlphaBlock, CrateBlock, CrateDecoderBlock
+from .cbsa import ContractBroadcastAttention, ContractBroadcastBlock
+from .conv_stem import ConvStemPatchEmbed, adapt_stem_channels
 from .ista import ISTA
 from .mssa import SubspaceAttention
 from .overcomplete_ista import OvercompleteISTA
 from .patch_embed import ConvPatchEmbed, LinearPatchEmbed, check_images
 from .pos_embed import SinCosPosEmbed, sincos_2d
+from .tssa import CausalTokenStatisticsAttention, TokenStatisticsAttention, TokenStatisticsBlock
 
 __all__ = [
     "ISTA",
+    "CausalTokenStatisticsAttention",
+    "ContractBroadcastAttention",
+    "ContractBroadcastBlock",
     "ConvPatchEmbed",
+    "ConvStemPatchEmbed",
     "CrateAlphaBlock",
     "CrateBlock",
     "CrateDecoderBlock",
@@ -17,6 +24,9 @@ __all__ = [
     "OvercompleteISTA",
     "SinCosPosEmbed",
     "SubspaceAttention",
+    "TokenStatisticsAttention",
+    "TokenStatisticsBlock",
+    "adapt_stem_channels",
     "check_images",
     "sincos_2d",
 ]
