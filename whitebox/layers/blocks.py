@@ -43,6 +43,7 @@ class CrateBlock(nn.Module):
         self.ista = ISTA(dim, eta=eta, lambd=lambd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x = x + MSSA(LN(x)); x = ISTA(LN(x))``: tokens (B, N, d) -> (B, N, d)."""
         x = x + self.drop_path(self.attn(self.norm1(x)))
         return self.ista(self.norm2(x))
 
@@ -75,6 +76,7 @@ class CrateDecoderBlock(nn.Module):
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``y = LN(x) E^T; x = y - MSSA(LN(y))``: tokens (B, N, d) -> (B, N, d)."""
         y = self.linear(self.norm1(x))
         return y - self.drop_path(self.attn(self.norm2(y)))
 
@@ -112,5 +114,6 @@ class CrateAlphaBlock(nn.Module):
         self.ista = OvercompleteISTA(dim, expansion=expansion, eta=eta, lambd=lambd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x = x + MSSA(LN(x)); x = x + OvercompleteISTA(LN(x))``: tokens (B, N, d) -> (B, N, d)."""
         x = x + self.drop_path(self.attn(self.norm1(x)))
         return x + self.drop_path(self.ista(self.norm2(x)))

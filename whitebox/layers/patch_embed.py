@@ -60,6 +60,10 @@ class ConvPatchEmbed(_PatchEmbedBase):
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (B, C, H, W) -> patch tokens (B, H/p * W/p, d), row-major over the patch grid.
+
+        Unchecked: the encoder checks the images first with ``dynamic_grid`` (``check_images``).
+        """
         return self.proj(x).flatten(2).transpose(1, 2)
 
 
@@ -74,6 +78,10 @@ class LinearPatchEmbed(_PatchEmbedBase):
         self.norm_out = nn.LayerNorm(embed_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (B, C, H, W) -> patch tokens (B, H/p * W/p, d): patches, LN, Linear, LN.
+
+        Unchecked: the encoder checks the images first with ``dynamic_grid`` (``check_images``).
+        """
         # b c (h p1) (w p2) -> b (h w) (p1 p2 c), with plain reshapes so that FX and torch.export trace it
         (gh, gw), p, c = self.dynamic_grid(x), self.patch_size, self.in_chans
         x = x.reshape(-1, c, gh, p, gw, p).permute(0, 2, 4, 3, 5, 1).reshape(-1, gh * gw, p * p * c)

@@ -49,6 +49,7 @@ class SinCosPosEmbed(nn.Module):
         self.register_buffer("table", table, persistent=False)
 
     def forward(self, grid_size: tuple[int, int] | None = None) -> torch.Tensor:
+        """The table for a patch grid: (1, [1 +] gh * gw, d), computed exactly for any grid (no resampling)."""
         if grid_size is None or tuple(grid_size) == self.grid_size:
             return self.table
         # Cached per grid, device and dtype so a GPU run at another size does not rebuild the table on
@@ -61,4 +62,5 @@ class SinCosPosEmbed(nn.Module):
         return cache[key]
 
     def extra_repr(self) -> str:
+        """Width, grid and whether a class-token row is included, shown by ``print(module)``."""
         return f"dim={self.dim}, grid_size={self.grid_size}, num_prefix_tokens={self.num_prefix_tokens}"
