@@ -51,7 +51,8 @@ def _meta(name: str) -> torch.nn.Module:
 
 
 def test_model_tables_equal_the_registry(tables):
-    rows = _rows(tables.models_markdown())
+    markdown = tables.models_markdown()
+    rows = _rows(markdown)
     names = [r[0].strip("`") for r in rows]
     assert sorted(names) == whitebox.list_models(), "every registered model, once"
     for cells in rows:
@@ -71,9 +72,17 @@ def test_model_tables_equal_the_registry(tables):
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         assert cells[7] == f"{trainable / 1e6:.2f}M", name
         assert cells[8] == f"{count.total / 1e9:.2f}", name
-        tags = sorted(t.strip("`") for t in cells[9].split(", ") if t != "-")
+        tags = sorted(name + t.strip("`") for t in cells[9].split(", ") if t != "-")  # ".in1k" after the name
         assert tags == sorted(t for t in whitebox.list_pretrained() if t.split(".")[0] == name), name
-        assert cfg.paper_ids in cells[10]
+    families: dict[str, set[str]] = {}  # family module -> its papers
+    module_of = {n: whitebox.model_entrypoint(n).__module__ for n in names}
+    for n in names:
+        families.setdefault(module_of[n], set()).add(whitebox.get_pretrained_cfg(n).paper_ids)
+    for module, papers in families.items():
+        section = markdown.split(f"### `{module.rsplit('.', 1)[1]}`", 1)[1].split("###", 1)[0]
+        assert all(p in section for p in papers), module
+        family_rows = {r[0].strip("`") for r in _rows(section)}
+        assert family_rows == {n for n in names if module_of[n] == module}
 
 
 def test_model_tables_known_values(tables):

@@ -161,11 +161,11 @@ def weights_rows() -> list[WeightsRow]:
     return rows
 
 
-def _family_title(family: str) -> str:
+def _family_summary(family: str) -> str:
     import importlib
 
     doc = (importlib.import_module(f"whitebox.models.{family}").__doc__ or "").strip().splitlines()
-    return f"`{family}`" + (f": {doc[0].rstrip('.')}" if doc else "")
+    return doc[0].rstrip(".") + "." if doc else ""
 
 
 def models_markdown(rows: list[ModelRow] | None = None) -> str:
@@ -173,21 +173,23 @@ def models_markdown(rows: list[ModelRow] | None = None) -> str:
     rows = model_rows() if rows is None else rows
     out = []
     for family in dict.fromkeys(r.family for r in rows):
+        members = [r for r in rows if r.family == family]
+        papers = ", ".join(dict.fromkeys(r.paper for r in members if r.paper != "-")) or "-"
         out += [
-            f"### {_family_title(family)}",
+            f"### `{family}`",
             "",
-            "| model | width | heads | depth | patch | input | tokens | parameters | GFLOP / image | pretrained tags "
-            "| paper |",
-            "| --- | ---: | ---: | --- | ---: | --- | ---: | ---: | ---: | --- | --- |",
+            f"{_family_summary(family)} Paper: {papers}; module `whitebox.models.{family}`.",
+            "",
+            "| model | width | heads | depth | patch | input | tokens | parameters | GFLOP / image | pretrained tags |",
+            "| --- | ---: | ---: | --- | ---: | --- | ---: | ---: | ---: | --- |",
         ]
-        for r in rows:
-            if r.family == family:
-                size = "x".join(str(s) for s in r.input_size[1:]) or "-"
-                tags = ", ".join(f"`{t}`" for t in r.tags) or "-"
-                out.append(
-                    f"| `{r.name}` | {r.width} | {r.heads or '-'} | {r.depth} | {r.patch or '-'} | {size} | {r.tokens} "
-                    f"| {r.params / 1e6:.2f}M | {r.flops / 1e9:.2f} | {tags} | {r.paper} |"
-                )
+        for r in members:
+            size = "x".join(str(s) for s in r.input_size[1:]) or "-"
+            tags = ", ".join(f"`.{t.split('.', 1)[1]}`" for t in r.tags) or "-"  # the row names the architecture
+            out.append(
+                f"| `{r.name}` | {r.width} | {r.heads or '-'} | {r.depth} | {r.patch or '-'} | {size} | {r.tokens} "
+                f"| {r.params / 1e6:.2f}M | {r.flops / 1e9:.2f} | {tags} |"
+            )
         out.append("")
     return "\n".join(out)
 
