@@ -35,6 +35,11 @@ def tables():
     return _tables_module()
 
 
+@pytest.fixture(scope="module")
+def models_md(tables):
+    return tables.models_markdown()
+
+
 def _rows(markdown: str) -> list[list[str]]:
     """Body rows of every markdown table in ``markdown``, cells stripped (header and rule rows dropped)."""
     out = []
@@ -50,8 +55,8 @@ def _meta(name: str) -> torch.nn.Module:
         return whitebox.create_model(name)
 
 
-def test_model_tables_equal_the_registry(tables):
-    markdown = tables.models_markdown()
+def test_model_tables_equal_the_registry(models_md):
+    markdown = models_md
     rows = _rows(markdown)
     names = [r[0].strip("`") for r in rows]
     assert sorted(names) == whitebox.list_models(), "every registered model, once"
@@ -86,9 +91,9 @@ def test_model_tables_equal_the_registry(tables):
         assert family_rows == {n for n in names if module_of[n] == module}
 
 
-def test_model_tables_known_values(tables):
+def test_model_tables_known_values(models_md):
     """Anchors from the papers / the design notes, so that a generator that agrees with a wrong registry fails."""
-    rows = {r[0].strip("`"): r for r in _rows(tables.models_markdown())}
+    rows = {r[0].strip("`"): r for r in _rows(models_md)}
     assert rows["crate_mae_base"][7] == "43.75M" and rows["crate_mae_base"][3] == "12 / 12"
     assert rows["crate_base"][7] == "22.80M" and rows["crate_base"][8] == "12.82"
     assert rows["crate_alpha_base_patch16"][8] == "51.86" and rows["crate_alpha_base_patch16"][6] == "197"
@@ -122,11 +127,10 @@ def test_pages_hold_the_generated_tables(tables):
     models = (ROOT / "docs" / "models.md").read_text()
     weights = (ROOT / "docs" / "pretrained.md").read_text()
     assert tables.MODELS_MARKER in models and tables.WEIGHTS_MARKER in weights
-    tables._cache.update(models="MODELS", weights="WEIGHTS")
+    tables._cache.update(models="MODELS", weights="WEIGHTS")  # what a build computed once
     try:
-        assert "MODELS" in tables.on_page_markdown(models) and tables.MODELS_MARKER not in tables.on_page_markdown(
-            models
-        )
+        rendered = tables.on_page_markdown(models)
+        assert "MODELS" in rendered and tables.MODELS_MARKER not in rendered
         assert "WEIGHTS" in tables.on_page_markdown(weights)
     finally:
         tables._cache.clear()

@@ -212,10 +212,12 @@ _cache: dict[str, str] = {}
 def on_page_markdown(markdown: str, **kwargs: Any) -> str:
     """MkDocs hook: replace the markers with the generated tables (computed once per build)."""
     if MODELS_MARKER in markdown:
-        _cache.setdefault("models", models_markdown())
+        if "models" not in _cache:
+            _cache["models"] = models_markdown()
         markdown = markdown.replace(MODELS_MARKER, _cache["models"])
     if WEIGHTS_MARKER in markdown:
-        _cache.setdefault("weights", weights_markdown())
+        if "weights" not in _cache:
+            _cache["weights"] = weights_markdown()
         markdown = markdown.replace(WEIGHTS_MARKER, _cache["weights"])
     return markdown
 
