@@ -206,3 +206,18 @@ def test_nav_lists_every_page():
     for page in (ROOT / "docs").rglob("*.md"):
         rel = page.relative_to(ROOT / "docs").as_posix()
         assert rel in nav, f"{rel} is not in mkdocs.yml's nav"
+
+
+@pytest.mark.parametrize("pkg_name", ["whitebox.layers", "whitebox.models"])
+def test_layers_and_models_document_their_arguments(pkg_name):
+    """The building blocks and model classes say what each constructor argument is (an ``Args:`` section)."""
+    pkg = importlib.import_module(pkg_name)
+    missing = []
+    for name in pkg.__all__:
+        obj = getattr(pkg, name)
+        if inspect.isclass(obj) and obj.__init__ is not object.__init__:
+            params = [p for p in inspect.signature(obj.__init__).parameters if p not in ("self", "args", "kwargs")]
+            doc = (obj.__doc__ or "") + (obj.__init__.__doc__ or "")
+            if params and "Args:" not in doc and "Attributes:" not in doc:
+                missing.append(name)
+    assert not missing, f"{pkg_name}: no Args section for {missing}"

@@ -7,7 +7,17 @@ from torch import nn
 
 
 def check_images(x: object, in_chans: int, patch_size: int) -> None:
-    """Raise a clear error unless ``x`` is a float (B, C, H, W) batch that tiles into patches."""
+    """Raise a clear error unless ``x`` is a float (B, C, H, W) batch that tiles into patches.
+
+    Args:
+        x: the model input.
+        in_chans: channels the model expects.
+        patch_size: patch side p; H and W must be multiples of it.
+
+    Raises:
+        TypeError: ``x`` is not a tensor, or not floating point (the message says how to convert).
+        ValueError: not 4-D, an empty batch, the wrong number of channels, or H / W not multiples of p.
+    """
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"expected a torch.Tensor of images (B, C, H, W), got {type(x).__name__}")
     if x.ndim != 4:
@@ -53,7 +63,17 @@ class _PatchEmbedBase(nn.Module):
 
 
 class ConvPatchEmbed(_PatchEmbedBase):
-    """Non-overlapping p x p convolution with bias (MAE / timm ``PatchEmbed``): (B, C, H, W) -> (B, N, d)."""
+    """Non-overlapping p x p convolution with bias (MAE / timm ``PatchEmbed``): (B, C, H, W) -> (B, N, d).
+
+    Args:
+        img_size: the image size the model is built for (int or (H, W)), in pixels.
+        patch_size: patch side p in pixels; ``img_size`` must be divisible by it.
+        in_chans: input channels C.
+        embed_dim: token width d.
+
+    Raises:
+        ValueError: ``img_size`` not divisible by ``patch_size``.
+    """
 
     def __init__(self, img_size: int | tuple[int, int], patch_size: int, in_chans: int, embed_dim: int) -> None:
         super().__init__(img_size, patch_size, in_chans)
@@ -68,7 +88,19 @@ class ConvPatchEmbed(_PatchEmbedBase):
 
 
 class LinearPatchEmbed(_PatchEmbedBase):
-    """Supervised CRATE's embedding: patches as (p1 p2 c) vectors -> LN -> Linear -> LN."""
+    """Supervised CRATE's embedding: patches as (p1 p2 c) vectors -> LN -> Linear -> LN.
+
+    Args:
+        img_size: the image size the model is built for (int or (H, W)), in pixels.
+        patch_size: patch side p in pixels; ``img_size`` must be divisible by it.
+        in_chans: input channels C.
+        embed_dim: token width d.
+
+    Raises:
+        ValueError: ``img_size`` not divisible by ``patch_size``.
+
+    Source: official supervised CRATE ``to_patch_embedding`` (Rearrange, LayerNorm, Linear, LayerNorm).
+    """
 
     def __init__(self, img_size: int | tuple[int, int], patch_size: int, in_chans: int, embed_dim: int) -> None:
         super().__init__(img_size, patch_size, in_chans)

@@ -25,6 +25,29 @@ class TokenEncoder(nn.Module):
 
     ``forward_features`` returns all tokens (B, 1 + N, d); ``forward_head`` pools them (class token
     or mean of patch tokens), applies ``fc_norm`` and the linear head.
+
+    Args:
+        block_fn: builds one block as ``block_fn(dim=, num_heads=, drop_path=, **block_kwargs)``.
+        img_size: the image size built for, in pixels (int or (H, W)); a multiple of ``patch_size``.
+        patch_size: patch side p in pixels.
+        in_chans: input channels C.
+        num_classes: classes of the linear head (0: no head, ``forward`` returns pooled features).
+        global_pool: ``'token'`` (class token), ``'avg'`` (mean of patch tokens) or ``''`` (all tokens).
+        embed_dim: token width d.
+        depth: number of blocks.
+        num_heads: attention heads (``embed_dim`` divisible by it).
+        embed_layer: ``'conv'`` (``ConvPatchEmbed``) or ``'linear'`` (``LinearPatchEmbed``).
+        pos_embed: ``'sincos'`` (fixed, any grid) or ``'learn'`` (a learned table, resampled for another size).
+        final_norm: LayerNorm after the blocks (eps 1e-6).
+        fc_norm: LayerNorm on the pooled features before the head.
+        drop_rate, pos_drop_rate, drop_path_rate: head dropout, dropout after the positions, stochastic depth
+            (linearly increasing over the blocks).
+        dynamic_img_size: accept other image sizes at run time (learned positions are resampled).
+        block_kwargs: more keyword arguments for ``block_fn``.
+
+    Raises:
+        ValueError: a size, width, depth, rate or choice out of range; the message names the argument and
+            the allowed values (checked before anything is allocated).
     """
 
     def __init__(

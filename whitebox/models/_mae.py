@@ -71,6 +71,17 @@ class MaskedAutoencoder(nn.Module):
     Subclasses build ``encoder``, ``decoder_embed``, ``decoder_blocks``, ``decoder_norm`` and
     ``decoder_pred``. The backbone interface (``forward_features``, ``forward_head``,
     ``forward_intermediates``, ``reset_classifier`` ...) is the encoder's, on unmasked images.
+
+    Args:
+        embed_dim: encoder width d.
+        norm_pix_loss: targets are per-patch normalised pixels (MAE's ``norm_pix_loss``).
+        mask_ratio: default fraction of patches removed, in [0, 1).
+
+    Raises:
+        TypeError, ValueError: ``mask_ratio`` not a float in [0, 1).
+
+    Source: He et al., arXiv 2111.06377 (masking and loss), facebookresearch/mae ``models_mae.py``; the
+    encoder runs over the full sequence with mask tokens, as CRATE-MAE's official code.
     """
 
     encoder: TokenEncoder
