@@ -131,6 +131,7 @@ def test_pages_hold_the_generated_tables(tables):
     try:
         rendered = tables.on_page_markdown(models)
         assert "MODELS" in rendered and tables.MODELS_MARKER not in rendered
+        assert "Reading this file outside the site" in models and "outside the site" not in rendered
         assert "WEIGHTS" in tables.on_page_markdown(weights)
     finally:
         tables._cache.clear()

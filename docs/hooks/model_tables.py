@@ -18,6 +18,9 @@ from typing import Any
 MODELS_MARKER = "<!-- whitebox:models -->"
 WEIGHTS_MARKER = "<!-- whitebox:weights -->"
 
+# a page's note for readers of the raw Markdown (GitHub), dropped from the site where the tables are shown
+_RAW_ONLY = re.compile(r"^\*Reading this file outside the site.*\*\n?", re.M)
+
 # "published ImageNet-1K top-1 81.2" in a record's notes: the records have no field for a metric (timm's neither)
 _TOP1 = re.compile(r"published (?P<data>[\w-]+) top-1 (?P<value>\d+(?:\.\d+)?)")
 
@@ -219,7 +222,7 @@ def on_page_markdown(markdown: str, **kwargs: Any) -> str:
         if "weights" not in _cache:
             _cache["weights"] = weights_markdown()
         markdown = markdown.replace(WEIGHTS_MARKER, _cache["weights"])
-    return markdown
+    return _RAW_ONLY.sub("", markdown)
 
 
 def on_startup(**kwargs: Any) -> None:
