@@ -63,7 +63,10 @@ def test_model_tables_equal_the_registry(models_md):
     for cells in rows:
         name = cells[0].strip("`")
         model = _meta(name)
-        count = count_flops(model, mode="forward")
+        try:
+            count = count_flops(model, mode="forward")
+        except TypeError:  # a family whitebox.flops cannot count yet: the table says "-", and only then
+            count = None
         encoder = getattr(model, "encoder", model)
         assert cells[1] == str(model.num_features)
         heads = getattr(getattr(encoder.blocks[0], "attn", None), "num_heads", None)  # a block may have no .attn
@@ -74,10 +77,10 @@ def test_model_tables_equal_the_registry(models_md):
         assert cells[3] == depth, name
         cfg = whitebox.get_pretrained_cfg(name)
         assert cells[5] == f"{cfg.input_size[1]}x{cfg.input_size[2]}"
-        assert cells[6] == str(count.tokens)
+        assert cells[6] == (str(count.tokens) if count else "-")
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         assert cells[7] == f"{trainable / 1e6:.2f}M", name
-        assert cells[8] == f"{count.total / 1e9:.2f}", name
+        assert cells[8] == (f"{count.total / 1e9:.2f}" if count else "-"), name
         tags = sorted(name + t.strip("`") for t in cells[9].split(", ") if t != "-")  # ".in1k" after the name
         assert tags == sorted(t for t in whitebox.list_pretrained() if t.split(".")[0] == name), name
     families: dict[str, set[str]] = {}  # family module -> its papers
@@ -109,11 +112,8 @@ def test_weights_table_equals_the_records(tables):
         assert (cfg.hf_hub_id or cfg.gdrive_id or cfg.url or cfg.file) in source
         if cfg.hf_hub_filename:
             assert cfg.hf_hub_filename in source
-        notes = " ".join(cfg.notes or ())
-        if top1 == "-":
-            assert "top-1" not in notes
-        else:
-            assert top1.split()[0] in notes
+        published = re.findall(r"top-1 (\d+\.\d+)", " ".join(cfg.notes or ()))  # every number the notes give
+        assert top1.split()[0] == (published[0] if published else "-"), tag
         model = _meta(tag.strip("`").split(".")[0])
         assert params == f"{sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6:.2f}M"
         assert cfg.paper_ids in paper
@@ -142,6 +142,10 @@ def test_published_top1_parsing(tables):
         notes = ("Official X: published ImageNet-1K top-1 81.2. eta = 0.1",)
 
     assert tables.published_top1(Cfg) == "81.2 (ImageNet-1K)"
+    Cfg.notes = ("Official CBT-B ImageNet-1K release. Published: top-1 73.4, 15.1 GFLOPs, 25.7M parameters.",)
+    assert tables.published_top1(Cfg) == "73.4 (ImageNet-1K)"
+    Cfg.notes = ("Some release. Published: top-1 70.0.",)
+    assert tables.published_top1(Cfg) == "70.0"
     Cfg.notes = ("no accuracy here",)
     assert tables.published_top1(Cfg) == "-"
 
