@@ -74,7 +74,7 @@ def coding_rate(z: torch.Tensor, eps: float = 0.5) -> torch.Tensor:
 
     Raises:
         TypeError, ValueError: ``z`` is not a real (N, d) or (B, N, d) tensor with at least one token and
-        feature, or holds NaN / infinite entries.
+            feature, or holds NaN / infinite entries.
         ValueError: ``eps`` not a positive finite number.
 
     Source: Yu et al., arXiv 2306.01129, the coding rate R(Z); computed in float64 with a Cholesky factorisation.
@@ -117,7 +117,7 @@ def compression(z: torch.Tensor, u: torch.Tensor | SubspaceAttention, eps: float
 
     Raises:
         TypeError, ValueError: ``z`` is not a real (N, d) or (B, N, d) tensor with at least one token and
-        feature, or holds NaN / infinite entries.
+            feature, or holds NaN / infinite entries.
         TypeError, ValueError: ``u`` not an (h, d, p) tensor of ``z``'s width, or not finite.
         ValueError: ``eps`` not a positive finite number.
 
@@ -143,7 +143,7 @@ def sparsity(z: torch.Tensor) -> torch.Tensor:
 
     Raises:
         TypeError, ValueError: ``z`` is not a real (N, d) or (B, N, d) tensor with at least one token and
-        feature, or holds NaN / infinite entries.
+            feature, or holds NaN / infinite entries.
     """
     z = _check_tokens(z)
     return (z == 0).to(torch.float64).mean(dim=(-2, -1))
@@ -157,7 +157,7 @@ def l1_norm(z: torch.Tensor) -> torch.Tensor:
 
     Raises:
         TypeError, ValueError: ``z`` is not a real (N, d) or (B, N, d) tensor with at least one token and
-        feature, or holds NaN / infinite entries.
+            feature, or holds NaN / infinite entries.
     """
     z = _check_tokens(z)
     return z.to(torch.float64).abs().sum(-1)
@@ -171,7 +171,7 @@ def unit_tokens(z: torch.Tensor) -> torch.Tensor:
 
     Raises:
         TypeError, ValueError: ``z`` is not a real (N, d) or (B, N, d) tensor with at least one token and
-        feature, or holds NaN / infinite entries.
+            feature, or holds NaN / infinite entries.
     """
     return _unit_tokens(_check_tokens(z))
 
