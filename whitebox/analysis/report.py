@@ -67,23 +67,6 @@ def write_report(
     first, middle and last encoder block), ``reconstruction.png`` (masked autoencoders, at
     ``mask_ratio``), and ``index.html`` showing them. Pictures use the first ``max_images`` images.
     Every file is written atomically; a non-empty ``out_dir`` needs ``overwrite=True``.
-
-    Args:
-        model: a CRATE, CRATE-alpha, CRATE-MAE or ViT-MAE model.
-        out_dir: the report folder (created).
-        images: normalised (B, 3, H, W) images.
-        name: the title shown in the report.
-        mask_ratio: fraction of patches removed in the reconstructions.
-        max_images: how many images the pictures show.
-        eps: coding precision of the rates.
-        seed: seeds the reconstruction masks.
-        overwrite: allow a non-empty ``out_dir``.
-
-    Returns:
-        ``out_dir`` as a ``Path`` (open its ``index.html``).
-
-    Raises:
-        ValueError: ``out_dir`` is a file, or not empty without ``overwrite``; bad ``eps`` / ``mask_ratio``.
     """
     out_dir = Path(out_dir)
     _check_out_dir(out_dir, overwrite)

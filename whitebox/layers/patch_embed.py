@@ -7,17 +7,7 @@ from torch import nn
 
 
 def check_images(x: object, in_chans: int, patch_size: int) -> None:
-    """Raise a clear error unless ``x`` is a float (B, C, H, W) batch that tiles into patches.
-
-    Args:
-        x: the model input.
-        in_chans: channels the model expects.
-        patch_size: patch side p; H and W must be multiples of it.
-
-    Raises:
-        TypeError: ``x`` is not a tensor, or not floating point (the message says how to convert).
-        ValueError: not 4-D, an empty batch, the wrong number of channels, or H / W not multiples of p.
-    """
+    """Raise a clear error unless ``x`` is a float (B, C, H, W) batch that tiles into patches."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"expected a torch.Tensor of images (B, C, H, W), got {type(x).__name__}")
     if x.ndim != 4:
