@@ -35,10 +35,12 @@ class PretrainedCfg(timm.models.PretrainedCfg):
 
     @property
     def has_weights(self) -> bool:
+        """True when the record names weights: timm's sources (url, file, Hub) or a Google Drive id."""
         return bool(super().has_weights or self.gdrive_id)
 
     @property
     def name(self) -> str:
+        """``architecture.tag``, or the architecture alone for a record without a tag."""
         return f"{self.architecture}.{self.tag}" if self.tag else str(self.architecture)
 
     def to_dict(self, remove_source: bool = False, remove_null: bool = True) -> dict[str, Any]:
@@ -92,6 +94,11 @@ def _unknown(name: str) -> UnknownModelError:
 
 
 def model_entrypoint(name: str) -> Callable[..., Any]:
+    """The registered function that builds ``name`` (an architecture, without tag).
+
+    Raises:
+        UnknownModelError: no whitebox family registered ``name`` (the message lists the closest names).
+    """
     if not is_model(name):
         raise _unknown(name)
     return timm.models.model_entrypoint(name)

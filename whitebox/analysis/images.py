@@ -29,7 +29,15 @@ __all__ = [
 def normalize_images(
     images: np.ndarray, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
 ) -> torch.Tensor:
-    """uint8 images (B, H, W, 3) -> float (B, 3, H, W) tensor, ``(x / 255 - mean) / std``."""
+    """uint8 images (B, H, W, 3) -> float (B, 3, H, W) tensor, ``(x / 255 - mean) / std``.
+
+    Args:
+        images: uint8 (B, H, W, 3).
+        mean, std: per-channel statistics on the [0, 1] scale (ImageNet's by default).
+
+    Raises:
+        ValueError: not a uint8 (B, H, W, C) array with one mean / std per channel.
+    """
     arr = np.asarray(images)
     if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[-1] != len(mean):
         raise ValueError(
@@ -42,7 +50,15 @@ def normalize_images(
 def to_uint8(
     images: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
 ) -> np.ndarray:
-    """Normalised float (B, 3, H, W) -> uint8 (B, H, W, 3), undoing ``normalize_images`` and clipping."""
+    """Normalised float (B, 3, H, W) -> uint8 (B, H, W, 3), undoing ``normalize_images`` and clipping.
+
+    Args:
+        images: normalised float (B, 3, H, W).
+        mean, std: the statistics they were normalised with (ImageNet's by default).
+
+    Raises:
+        ValueError: not a (B, C, H, W) tensor with one mean / std per channel.
+    """
     if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != len(mean):
         raise ValueError(f"expected a (B, {len(mean)}, H, W) tensor of normalised images")
     x = images.detach().float().cpu() * torch.tensor(std).view(1, -1, 1, 1) + torch.tensor(mean).view(1, -1, 1, 1)
@@ -60,7 +76,16 @@ def _square(img: np.ndarray, size: int) -> np.ndarray:
 
 
 def load_images(paths: Sequence[str | os.PathLike[str]], size: int) -> np.ndarray:
-    """Image files -> centre square crops resized to ``size``: uint8 (B, size, size, 3)."""
+    """Image files -> centre square crops resized to ``size``: uint8 (B, size, size, 3).
+
+    Args:
+        paths: image files (anything Pillow reads).
+        size: side of the square output, in pixels.
+
+    Raises:
+        ValueError: no paths given.
+        FileNotFoundError: a path does not exist.
+    """
     from PIL import Image
 
     if not paths:
@@ -82,7 +107,15 @@ def default_images(size: int, count: int | None = None) -> np.ndarray:
 
 
 def save_png(image: np.ndarray, path: str | os.PathLike[str]) -> Path:
-    """Write a uint8 (H, W, 3) or (H, W) array as a PNG, atomically (temp file, fsync, replace)."""
+    """Write a uint8 (H, W, 3) or (H, W) array as a PNG, atomically (temp file, fsync, replace).
+
+    Args:
+        image: uint8 (H, W), (H, W, 3) or (H, W, 4).
+        path: the PNG to write; returned as a ``Path``.
+
+    Raises:
+        ValueError: another dtype or shape.
+    """
     from PIL import Image
 
     arr = np.asarray(image)

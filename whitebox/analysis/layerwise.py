@@ -198,7 +198,15 @@ def _check_normalize(normalize: str) -> str:
 
 
 def default_model_images(model: nn.Module, count: int | None = None) -> torch.Tensor:
-    """The embedded sample photos at the model's image size, ImageNet-normalised (B, 3, H, W)."""
+    """The embedded sample photos at the model's image size, ImageNet-normalised (B, 3, H, W).
+
+    Args:
+        model: the model whose image size (and channels) the photos are made for.
+        count: how many photos (``None``: all).
+
+    Raises:
+        ValueError: the model expects non-square images (the photos are square: pass your own images).
+    """
     h, w = encoder_of(model).patch_embed.img_size
     if h != w:
         raise ValueError(f"the sample photos are square; this model expects {h}x{w} images, pass images=")

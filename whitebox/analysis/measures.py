@@ -67,6 +67,17 @@ def coding_rate(z: torch.Tensor, eps: float = 0.5) -> torch.Tensor:
 
     Returns a float64 scalar, or a (B,) tensor for a batch (one rate per sample, N its tokens).
     It is invariant to rotating the features (``Z Q``, ``Q`` orthogonal) and to reordering tokens.
+
+    Args:
+        z: tokens as rows, (N, d) or (B, N, d).
+        eps: coding precision epsilon (> 0; CRATE's default 0.5).
+
+    Raises:
+        TypeError, ValueError: ``z`` is not a real (N, d) or (B, N, d) tensor with at least one token and
+            feature, or holds NaN / infinite entries.
+        ValueError: ``eps`` not a positive finite number.
+
+    Source: Yu et al., arXiv 2306.01129, the coding rate R(Z); computed in float64 with a Cholesky factorisation.
     """
     return _coding_rate(_check_tokens(z), _check_eps(eps))
 
@@ -98,6 +109,19 @@ def compression(z: torch.Tensor, u: torch.Tensor | SubspaceAttention, eps: float
     ``U`` is a (h, d, p) tensor of the heads' bases (``SubspaceAttention.subspaces()``), or the
     ``SubspaceAttention`` module itself. Lower means the tokens are better compressed against the
     layer's subspaces. Returns a float64 scalar, or (B,) for a batch.
+
+    Args:
+        z: tokens as rows, (N, d) or (B, N, d).
+        u: the heads' bases (h, d, p), or a ``SubspaceAttention``.
+        eps: coding precision epsilon (> 0).
+
+    Raises:
+        TypeError, ValueError: ``z`` is not a real (N, d) or (B, N, d) tensor with at least one token and
+            feature, or holds NaN / infinite entries.
+        TypeError, ValueError: ``u`` not an (h, d, p) tensor of ``z``'s width, or not finite.
+        ValueError: ``eps`` not a positive finite number.
+
+    Source: Yu et al., arXiv 2306.01129, the compression term R^c(Z; U) that MSSA descends.
     """
     z = _check_tokens(z)
     return _compression(z, _check_subspaces(u, z.shape[-1]), _check_eps(eps))
@@ -113,19 +137,42 @@ def sparsity(z: torch.Tensor) -> torch.Tensor:
     """Fraction of entries of ``Z`` that are exactly zero (float64; (B,) for a batch).
 
     Exact zeros, not small values: the ISTA step ends in a ReLU, so its zeros are exact.
+
+    Args:
+        z: tokens as rows, (N, d) or (B, N, d).
+
+    Raises:
+        TypeError, ValueError: ``z`` is not a real (N, d) or (B, N, d) tensor with at least one token and
+            feature, or holds NaN / infinite entries.
     """
     z = _check_tokens(z)
     return (z == 0).to(torch.float64).mean(dim=(-2, -1))
 
 
 def l1_norm(z: torch.Tensor) -> torch.Tensor:
-    """``||z_i||_1`` of every token row: (N,), or (B, N) for a batch, in float64."""
+    """``||z_i||_1`` of every token row: (N,), or (B, N) for a batch, in float64.
+
+    Args:
+        z: tokens as rows, (N, d) or (B, N, d).
+
+    Raises:
+        TypeError, ValueError: ``z`` is not a real (N, d) or (B, N, d) tensor with at least one token and
+            feature, or holds NaN / infinite entries.
+    """
     z = _check_tokens(z)
     return z.to(torch.float64).abs().sum(-1)
 
 
 def unit_tokens(z: torch.Tensor) -> torch.Tensor:
-    """Each token row scaled to unit l2 norm; all-zero rows stay zero (no division by zero)."""
+    """Each token row scaled to unit l2 norm; all-zero rows stay zero (no division by zero).
+
+    Args:
+        z: tokens as rows, (N, d) or (B, N, d).
+
+    Raises:
+        TypeError, ValueError: ``z`` is not a real (N, d) or (B, N, d) tensor with at least one token and
+            feature, or holds NaN / infinite entries.
+    """
     return _unit_tokens(_check_tokens(z))
 
 

@@ -26,6 +26,13 @@ def pca_rgb(features: torch.Tensor | np.ndarray, n_components: int = 3) -> np.nd
     """Features (..., d) -> their first ``n_components`` principal components in [0, 1] (..., n).
 
     Components a rank-deficient input does not have (zero variance) come out as 0.
+
+    Args:
+        features: (..., d) feature vectors, at least two.
+        n_components: how many components to keep (3 for RGB).
+
+    Raises:
+        ValueError: fewer than two vectors, ``n_components`` not a positive int, or non-finite features.
     """
     x = torch.as_tensor(np.asarray(features) if not isinstance(features, torch.Tensor) else features.detach())
     if x.ndim < 2 or x.shape[-1] < 1 or x[..., 0].numel() < 2:
@@ -65,6 +72,17 @@ def feature_pca(
     Works for any CRATE, CRATE-MAE or ViT-MAE model; images are seen unmasked. Returns float32
     (B, H, W, 3) in [0, 1] (or (B, gh, gw, 3) with ``upsample=None``); for a list of blocks,
     (len(block), B, H, W, 3) from one forward pass, each block with its own PCA.
+
+    Args:
+        model: a CRATE, CRATE-MAE or ViT-MAE model.
+        images: normalised (B, C, H, W) images.
+        stage: ``'encoder'`` or ``'decoder'`` (masked autoencoders only).
+        block: block index of that stage (negative counts from the end), or a list of them.
+        upsample: ``'nearest'`` or ``'bilinear'`` to the image size, or ``None`` for the patch grid.
+
+    Raises:
+        TypeError: not a model with a supported block stack.
+        ValueError: an unknown ``upsample``, ``stage`` or block index.
     """
     if upsample not in ("nearest", "bilinear", None):
         raise ValueError(f"upsample must be 'nearest', 'bilinear' or None, got {upsample!r}")

@@ -21,6 +21,21 @@ class CrateBlock(nn.Module):
 
     ``drop_path`` (stochastic depth, for fine-tuning) applies to the MSSA branch only, since the
     ISTA step has no residual to fall back to.
+
+    Args:
+        dim: token width d.
+        num_heads: MSSA heads h (``dim`` divisible by h).
+        eta: ISTA step size (official 0.1).
+        lambd: ISTA threshold (official 0.1 for supervised CRATE, 0.5 in CRATE-MAE's encoder).
+        attn_drop, proj_drop: MSSA dropouts (official 0).
+        drop_path: stochastic-depth rate of the MSSA branch.
+        norm_eps: LayerNorm epsilon (official 1e-5).
+        fused_attn: use SDPA; ``None`` follows timm's ``use_fused_attn()``.
+
+    Raises:
+        ValueError: ``dim`` not divisible by ``num_heads``.
+
+    Source: Yu et al., arXiv 2306.01129 (the CRATE layer); the official ``model/crate.py`` (Ma-Lab-Berkeley/CRATE).
     """
 
     def __init__(
@@ -43,6 +58,7 @@ class CrateBlock(nn.Module):
         self.ista = ISTA(dim, eta=eta, lambd=lambd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x = x + MSSA(LN(x)); x = ISTA(LN(x))``: tokens (B, N, d) -> (B, N, d)."""
         x = x + self.drop_path(self.attn(self.norm1(x)))
         return self.ista(self.norm2(x))
 
@@ -54,6 +70,20 @@ class CrateDecoderBlock(nn.Module):
 
         y  = LN_1(x) E^T
         x' = y - MSSA(LN_2(y))      (the minus sign reverses the compression step)
+
+    Args:
+        dim: token width d.
+        num_heads: MSSA heads h (``dim`` divisible by h).
+        attn_drop, proj_drop: MSSA dropouts (official 0).
+        drop_path: stochastic-depth rate of the MSSA branch.
+        norm_eps: LayerNorm epsilon (official 1e-5).
+        fused_attn: use SDPA; ``None`` follows timm's ``use_fused_attn()``.
+
+    Raises:
+        ValueError: ``dim`` not divisible by ``num_heads``.
+
+    Source: Pai et al., ICLR 2024 (arXiv 2404.02446), the decoder layer; the official
+    ``model/crate_ae/crate_decoder.py``.
     """
 
     def __init__(
@@ -75,6 +105,7 @@ class CrateDecoderBlock(nn.Module):
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``y = LN(x) E^T; x = y - MSSA(LN(y))``: tokens (B, N, d) -> (B, N, d)."""
         y = self.linear(self.norm1(x))
         return y - self.drop_path(self.attn(self.norm2(y)))
 
@@ -89,6 +120,21 @@ class CrateAlphaBlock(nn.Module):
 
     LayerNorm eps is 1e-6 as in the authors' ``PreNorm``. ``drop_path`` (stochastic depth, off in the
     released models) applies to both branches, since both now have a residual to fall back to.
+
+    Args:
+        dim: token width d.
+        num_heads: MSSA heads h (``dim`` divisible by h).
+        expansion: overcompleteness of the dictionaries (official 4: d x 4d).
+        eta, lambd: ISTA step size and threshold (official 0.1 and 0.1).
+        attn_drop, proj_drop: MSSA dropouts (official 0).
+        drop_path: stochastic-depth rate of both branches.
+        norm_eps: LayerNorm epsilon (official 1e-6).
+        fused_attn: use SDPA; ``None`` follows timm's ``use_fused_attn()``.
+
+    Raises:
+        ValueError: ``dim`` not divisible by ``num_heads``.
+
+    Source: Yang et al., arXiv 2405.20299; the authors' ``torch_inference/model/crate_alpha.py``.
     """
 
     def __init__(
@@ -112,5 +158,6 @@ class CrateAlphaBlock(nn.Module):
         self.ista = OvercompleteISTA(dim, expansion=expansion, eta=eta, lambd=lambd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x = x + MSSA(LN(x)); x = x + OvercompleteISTA(LN(x))``: tokens (B, N, d) -> (B, N, d)."""
         x = x + self.drop_path(self.attn(self.norm1(x)))
         return x + self.drop_path(self.ista(self.norm2(x)))

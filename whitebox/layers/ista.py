@@ -32,11 +32,14 @@ class ISTA(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
+        """Kaiming-uniform D, as the official ``FeedForward.weight``."""
         nn.init.kaiming_uniform_(self.weight)  # as the official code
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """``relu(z + eta (z - z D^T) D - eta lambd)``: tokens (..., d) -> sparse codes (..., d), non-negative."""
         residual = z - F.linear(z, self.weight)  # z - z D^T
         return F.relu(z + self.eta * (residual @ self.weight) - self.eta * self.lambd)
 
     def extra_repr(self) -> str:
+        """``dim``, ``eta`` and ``lambd``, shown by ``print(module)``."""
         return f"dim={self.weight.shape[0]}, eta={self.eta}, lambd={self.lambd}"

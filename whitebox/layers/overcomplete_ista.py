@@ -47,11 +47,16 @@ class OvercompleteISTA(nn.Module):
     def reset_parameters(self) -> None:
         # The authors trained with flax's kaiming_uniform on (d, r d), whose fan-in is d (their PyTorch port
         # calls torch's kaiming_uniform_, fan-in r d, but only to load weights): bound sqrt(6 / d).
+        """Uniform in +-sqrt(6 / d) for D and D1: flax's kaiming_uniform on (d, r d), as the authors trained."""
         bound = math.sqrt(6.0 / self.D.shape[0])
         nn.init.uniform_(self.D, -bound, bound)
         nn.init.uniform_(self.D1, -bound, bound)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``iterations`` ISTA steps from zero against D, then decode: x (..., d) -> ``z2 D1^T`` (..., d).
+
+        The sparse code ``z2`` (..., r d) passes through ``self.code`` on the way (a hook point).
+        """
         threshold = self.eta * self.lambd
         z = F.relu(self.eta * (x @ self.D) - threshold)
         for _ in range(self.iterations - 1):
@@ -59,5 +64,6 @@ class OvercompleteISTA(nn.Module):
         return self.code(z) @ self.D1.t()
 
     def extra_repr(self) -> str:
+        """``dim``, ``expansion``, ``eta``, ``lambd`` and ``iterations``, shown by ``print(module)``."""
         d, rd = self.D.shape
         return f"dim={d}, expansion={rd // d}, eta={self.eta}, lambd={self.lambd}, iterations={self.iterations}"

@@ -53,18 +53,44 @@ class _PatchEmbedBase(nn.Module):
 
 
 class ConvPatchEmbed(_PatchEmbedBase):
-    """Non-overlapping p x p convolution with bias (MAE / timm ``PatchEmbed``): (B, C, H, W) -> (B, N, d)."""
+    """Non-overlapping p x p convolution with bias (MAE / timm ``PatchEmbed``): (B, C, H, W) -> (B, N, d).
+
+    Args:
+        img_size: the image size the model is built for (int or (H, W)), in pixels.
+        patch_size: patch side p in pixels; ``img_size`` must be divisible by it.
+        in_chans: input channels C.
+        embed_dim: token width d.
+
+    Raises:
+        ValueError: ``img_size`` not divisible by ``patch_size``.
+    """
 
     def __init__(self, img_size: int | tuple[int, int], patch_size: int, in_chans: int, embed_dim: int) -> None:
         super().__init__(img_size, patch_size, in_chans)
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (B, C, H, W) -> patch tokens (B, H/p * W/p, d), row-major over the patch grid.
+
+        Unchecked: the encoder checks the images first with ``dynamic_grid`` (``check_images``).
+        """
         return self.proj(x).flatten(2).transpose(1, 2)
 
 
 class LinearPatchEmbed(_PatchEmbedBase):
-    """Supervised CRATE's embedding: patches as (p1 p2 c) vectors -> LN -> Linear -> LN."""
+    """Supervised CRATE's embedding: patches as (p1 p2 c) vectors -> LN -> Linear -> LN.
+
+    Args:
+        img_size: the image size the model is built for (int or (H, W)), in pixels.
+        patch_size: patch side p in pixels; ``img_size`` must be divisible by it.
+        in_chans: input channels C.
+        embed_dim: token width d.
+
+    Raises:
+        ValueError: ``img_size`` not divisible by ``patch_size``.
+
+    Source: official supervised CRATE ``to_patch_embedding`` (Rearrange, LayerNorm, Linear, LayerNorm).
+    """
 
     def __init__(self, img_size: int | tuple[int, int], patch_size: int, in_chans: int, embed_dim: int) -> None:
         super().__init__(img_size, patch_size, in_chans)
@@ -74,6 +100,10 @@ class LinearPatchEmbed(_PatchEmbedBase):
         self.norm_out = nn.LayerNorm(embed_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (B, C, H, W) -> patch tokens (B, H/p * W/p, d): patches, LN, Linear, LN.
+
+        Unchecked: the encoder checks the images first with ``dynamic_grid`` (``check_images``).
+        """
         # b c (h p1) (w p2) -> b (h w) (p1 p2 c), with plain reshapes so that FX and torch.export trace it
         (gh, gw), p, c = self.dynamic_grid(x), self.patch_size, self.in_chans
         x = x.reshape(-1, c, gh, p, gw, p).permute(0, 2, 4, 3, 5, 1).reshape(-1, gh * gw, p * p * c)

@@ -21,6 +21,16 @@ def sincos_2d(dim: int, grid_size: int | tuple[int, int], num_prefix_tokens: int
 
     MAE layout: the first half of the channels encodes the column (w) coordinate, the second half
     the row (h) coordinate; tokens run row-major; prefix tokens (the class token) get zero rows.
+
+    Args:
+        dim: token width d, divisible by 4.
+        grid_size: patch grid (gh, gw), or an int for a square grid.
+        num_prefix_tokens: leading rows of zeros.
+
+    Raises:
+        ValueError: ``dim`` not divisible by 4.
+
+    Source: MAE ``util/pos_embed.py`` (``get_2d_sincos_pos_embed``).
     """
     if dim % 4:
         raise ValueError(f"2-D sin-cos embedding needs a width divisible by 4, got {dim}")
@@ -38,6 +48,16 @@ class SinCosPosEmbed(nn.Module):
 
     ``forward(grid_size)`` returns the (1, prefix + gh * gw, dim) table; a grid other than the one
     it was built for is computed exactly on the fly (sin-cos tables resample without interpolation).
+
+    Args:
+        dim: token width d, divisible by 4.
+        grid_size: patch grid (gh, gw) (or an int for a square grid) the table is built for.
+        num_prefix_tokens: leading rows of zeros (1: the class token).
+
+    Raises:
+        ValueError: ``dim`` not divisible by 4.
+
+    Source: MAE ``util/pos_embed.py`` (``get_2d_sincos_pos_embed``), as CRATE-MAE uses it.
     """
 
     def __init__(self, dim: int, grid_size: int | tuple[int, int], num_prefix_tokens: int = 1) -> None:
@@ -49,6 +69,7 @@ class SinCosPosEmbed(nn.Module):
         self.register_buffer("table", table, persistent=False)
 
     def forward(self, grid_size: tuple[int, int] | None = None) -> torch.Tensor:
+        """The table for a patch grid: (1, [1 +] gh * gw, d), computed exactly for any grid (no resampling)."""
         if grid_size is None or tuple(grid_size) == self.grid_size:
             return self.table
         # Cached per grid, device and dtype so a GPU run at another size does not rebuild the table on
@@ -61,4 +82,5 @@ class SinCosPosEmbed(nn.Module):
         return cache[key]
 
     def extra_repr(self) -> str:
+        """Width, grid and whether a class-token row is included, shown by ``print(module)``."""
         return f"dim={self.dim}, grid_size={self.grid_size}, num_prefix_tokens={self.num_prefix_tokens}"

@@ -25,6 +25,29 @@ class TokenEncoder(nn.Module):
 
     ``forward_features`` returns all tokens (B, 1 + N, d); ``forward_head`` pools them (class token
     or mean of patch tokens), applies ``fc_norm`` and the linear head.
+
+    Args:
+        block_fn: builds one block as ``block_fn(dim=, num_heads=, drop_path=, **block_kwargs)``.
+        img_size: the image size built for, in pixels (int or (H, W)); a multiple of ``patch_size``.
+        patch_size: patch side p in pixels.
+        in_chans: input channels C.
+        num_classes: classes of the linear head (0: no head, ``forward`` returns pooled features).
+        global_pool: ``'token'`` (class token), ``'avg'`` (mean of patch tokens) or ``''`` (all tokens).
+        embed_dim: token width d.
+        depth: number of blocks.
+        num_heads: attention heads (``embed_dim`` divisible by it).
+        embed_layer: ``'conv'`` (``ConvPatchEmbed``) or ``'linear'`` (``LinearPatchEmbed``).
+        pos_embed: ``'sincos'`` (fixed, any grid) or ``'learn'`` (a learned table, resampled for another size).
+        final_norm: LayerNorm after the blocks (eps 1e-6).
+        fc_norm: LayerNorm on the pooled features before the head.
+        drop_rate, pos_drop_rate, drop_path_rate: head dropout, dropout after the positions, stochastic depth
+            (linearly increasing over the blocks).
+        dynamic_img_size: accept other image sizes at run time (learned positions are resampled).
+        block_kwargs: more keyword arguments for ``block_fn``.
+
+    Raises:
+        ValueError: a size, width, depth, rate or choice out of range; the message names the argument and
+            the allowed values (checked before anything is allocated).
     """
 
     def __init__(
@@ -107,6 +130,7 @@ class TokenEncoder(nn.Module):
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        """Parameter groups for layer-wise lr decay (timm's contract): the stem, then one group per block."""
         return dict(
             stem=r"^cls_token|^pos_embed|^patch_embed",
             blocks=r"^blocks\.(\d+)" if coarse else [(r"^blocks\.(\d+)", None), (r"^norm", (99999,))],
@@ -114,13 +138,25 @@ class TokenEncoder(nn.Module):
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute block activations in the backward pass to save memory."""
         self.grad_checkpointing = enable
 
     @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
+        """The head module (``nn.Identity`` when ``num_classes`` is 0)."""
         return self.head
 
     def reset_classifier(self, num_classes: int, global_pool: GlobalPool | None = None) -> None:
+        """A new head for ``num_classes`` (0: none, the pooled features are returned).
+
+        Args:
+            num_classes: classes of the new head, 0 to 10,000,000.
+            global_pool: ``'token'`` (class token), ``'avg'`` (mean of patch tokens) or ``''`` (no pooling);
+                ``None`` keeps the current one.
+
+        Raises:
+            ValueError: ``num_classes`` out of range or ``global_pool`` not one of the three.
+        """
         if global_pool is not None:
             if global_pool not in ("token", "avg", ""):
                 raise ValueError(f"global_pool must be 'token', 'avg' or '', got {global_pool!r}")
@@ -167,14 +203,19 @@ class TokenEncoder(nn.Module):
         return self.pos_drop(tokens)
 
     def forward_blocks(self, x: torch.Tensor) -> torch.Tensor:
+        """Tokens (B, 1 + N, d) through the block stack (with gradient checkpointing when enabled)."""
         if self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting():
             return checkpoint_seq(self.blocks, x)
         return self.blocks(x)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (B, C, H, W) -> normalised tokens (B, 1 + N, d): embedding, blocks, final norm."""
         return self.norm(self.forward_blocks(self.embed(x)))
 
     def pool(self, x: torch.Tensor) -> torch.Tensor:
+        """Tokens (B, 1 + N, d) -> (B, d): the class token (``'token'``) or the mean of the patch tokens
+        (``'avg'``); unchanged for ``''``.
+        """
         if self.global_pool == "token":
             return x[:, 0]
         if self.global_pool == "avg":
@@ -182,10 +223,14 @@ class TokenEncoder(nn.Module):
         return x
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Tokens (B, 1 + N, d) -> logits (B, num_classes): pool, ``fc_norm``, dropout, head;
+        ``pre_logits=True`` stops before the head (B, d).
+        """
         x = self.head_drop(self.fc_norm(self.pool(x)))
         return x if pre_logits else self.head(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (B, C, H, W) -> logits (B, num_classes) (or pooled features when there is no head)."""
         return self.forward_head(self.forward_features(x))
 
     def _take_indices(self, indices: int | list[int] | None) -> tuple[list[int], int]:

@@ -71,6 +71,17 @@ class MaskedAutoencoder(nn.Module):
     Subclasses build ``encoder``, ``decoder_embed``, ``decoder_blocks``, ``decoder_norm`` and
     ``decoder_pred``. The backbone interface (``forward_features``, ``forward_head``,
     ``forward_intermediates``, ``reset_classifier`` ...) is the encoder's, on unmasked images.
+
+    Args:
+        embed_dim: encoder width d.
+        norm_pix_loss: targets are per-patch normalised pixels (MAE's ``norm_pix_loss``).
+        mask_ratio: default fraction of patches removed, in [0, 1).
+
+    Raises:
+        TypeError, ValueError: ``mask_ratio`` not a float in [0, 1).
+
+    Source: He et al., arXiv 2111.06377 (masking and loss), facebookresearch/mae ``models_mae.py``; the
+    encoder runs over the full sequence with mask tokens, as CRATE-MAE's official code.
     """
 
     encoder: TokenEncoder
@@ -95,10 +106,12 @@ class MaskedAutoencoder(nn.Module):
     # ----------------------------------------------------------------------------- geometry
     @property
     def patch_size(self) -> int:
+        """Patch side p in pixels (the encoder's)."""
         return self.encoder.patch_embed.patch_size
 
     @property
     def in_chans(self) -> int:
+        """Input channels C (the encoder's)."""
         return self.encoder.patch_embed.in_chans
 
     def patchify(self, imgs: torch.Tensor) -> torch.Tensor:
@@ -216,14 +229,17 @@ class MaskedAutoencoder(nn.Module):
     # ----------------------------------------------------------------------------- backbone interface
     @property
     def num_features(self) -> int:
+        """Token width d of the encoder output (timm's backbone interface)."""
         return self.encoder.num_features
 
     @property
     def head_hidden_size(self) -> int:
+        """Width of the pooled features before the head (timm's backbone interface)."""
         return self.encoder.head_hidden_size
 
     @property
     def num_classes(self) -> int:
+        """Classes of the encoder's head (0: no head)."""
         return self.encoder.num_classes
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -231,31 +247,45 @@ class MaskedAutoencoder(nn.Module):
         return self.encoder.forward_features(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """The encoder's ``forward_head``: tokens (B, 1 + N, d) -> logits (B, num_classes), or pooled
+        features (B, d) with ``pre_logits=True``.
+        """
         return self.encoder.forward_head(x, pre_logits=pre_logits)
 
     @property
     def feature_info(self) -> list[dict[str, Any]]:
+        """The encoder's feature records (timm's ``features_only``): one per block, reduction = patch size."""
         return self.encoder.feature_info
 
     def forward_intermediates(self, x: torch.Tensor, **kwargs: Any) -> Any:
+        """The encoder's ``forward_intermediates`` (timm's signature and outputs) on unmasked images."""
         return self.encoder.forward_intermediates(x, **kwargs)
 
     def prune_intermediate_layers(self, indices: int | list[int] = 1, **kwargs: Any) -> list[int]:
+        """The encoder's ``prune_intermediate_layers``: keep the blocks up to ``indices``; returns the kept indices."""
         return self.encoder.prune_intermediate_layers(indices, **kwargs)
 
     def get_classifier(self) -> nn.Module:
+        """The encoder's head module (``nn.Identity`` when it has none)."""
         return self.encoder.get_classifier()
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """A new encoder head for ``num_classes`` (0: none), optionally a new ``global_pool``.
+
+        Raises:
+            ValueError: ``num_classes`` out of range or ``global_pool`` not 'token', 'avg' or ''.
+        """
         self.encoder.reset_classifier(num_classes, global_pool)
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute block activations in the backward pass (encoder and decoder) to save memory."""
         self.grad_checkpointing = enable
         self.encoder.set_grad_checkpointing(enable)
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
+        """Parameter names kept out of weight decay: the encoder's (class token, positions) and ``mask_token``."""
         return {f"encoder.{n}" for n in self.encoder.no_weight_decay()} | {"mask_token"}
 
     @torch.jit.ignore

@@ -93,6 +93,8 @@ class CrateMAE(MaskedAutoencoder):
         self.init_weights()
 
     def init_weights(self) -> None:
+        """The shared MAE initialisation, then Kaiming-uniform decoder steps E (as the official code, whose E
+        is not an ``nn.Linear``)."""
         super().init_weights()
         for blk in self.decoder_blocks:  # the official E is not an nn.Linear: it keeps kaiming init
             nn.init.kaiming_uniform_(blk.linear.weight)

@@ -27,7 +27,24 @@ __all__ = ["ViTMAE"]
 
 
 class ViTMAE(MaskedAutoencoder):
-    """Masked autoencoder with ViT blocks (encoder over the full sequence, as CRATE-MAE's)."""
+    """Masked autoencoder with ViT blocks (encoder over the full sequence, as CRATE-MAE's).
+
+    The CRATE-MAE paper's baseline: the same harness (masking, full-sequence encoder, loss) with timm
+    ``Block``s, so that the two differ only in their blocks.
+
+    Args:
+        img_size, patch_size, in_chans: image size and patch side in pixels, input channels.
+        embed_dim, depth, num_heads: encoder width, blocks and heads.
+        decoder_embed_dim: decoder width (``None``: the encoder's, as in the paper's baseline).
+        decoder_depth, decoder_num_heads: decoder blocks (paper: 8) and heads (16).
+        mlp_ratio, qkv_bias: timm ``Block`` options (MLP width 4d; no qkv bias).
+        norm_pix_loss, mask_ratio: as ``MaskedAutoencoder``.
+        num_classes, global_pool: the encoder's head (0: none).
+        drop_path_rate: stochastic depth of the encoder.
+
+    Raises:
+        ValueError: a width, depth, ratio or rate out of range (named, with the allowed values).
+    """
 
     def __init__(
         self,

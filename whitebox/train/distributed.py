@@ -25,10 +25,12 @@ class DistInfo:
 
     @property
     def is_main(self) -> bool:
+        """True on rank 0, the process that writes files and prints."""
         return self.rank == 0
 
     @property
     def distributed(self) -> bool:
+        """True when more than one process takes part."""
         return self.world_size > 1
 
 
@@ -60,6 +62,7 @@ def init_distributed(device: str | None = "auto", backend: str | None = None) ->
 
 
 def cleanup_distributed() -> None:
+    """Destroy the default process group, if one was initialised (a no-op otherwise)."""
     if dist.is_initialized():
         dist.destroy_process_group()
 

@@ -57,6 +57,8 @@ class MetricsLogger:
                 self.tb = None
 
     def log(self, row: dict[str, Any]) -> None:
+        """Append ``row`` as one JSON line (flushed at once); with TensorBoard, also its numbers as scalars
+        at ``row['step']``."""
         self._file.write(json.dumps(row) + "\n")
         self._file.flush()
         if self.tb is not None:
@@ -65,6 +67,7 @@ class MetricsLogger:
                     self.tb.add_scalar(k, v, row["step"])
 
     def close(self) -> None:
+        """Close the JSON-lines file and the TensorBoard writer."""
         self._file.close()
         if self.tb is not None:
             self.tb.close()

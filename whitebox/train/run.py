@@ -194,12 +194,15 @@ class TrainLoop:
         return {}
 
     def describe(self) -> str:
+        """One line for the log at the start: recipe name, total steps and output folder."""
         return f"{self.name}: {self.total_steps} steps -> {self.out}"
 
     def state_dicts(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(model, optimizer) state dicts as written to a checkpoint (a recipe may override, e.g. for FSDP)."""
         return self.model.state_dict(), self.optimizer.state_dict()
 
     def load_state_dicts(self, ckpt: dict[str, Any], source: str = "") -> None:
+        """Load a checkpoint's model and optimizer state (errors name ``source`` and the mismatched keys)."""
         apply_state_dict(self.model, ckpt["model"], source=source)
         self.optimizer.load_state_dict(ckpt["optimizer"])
 
@@ -235,6 +238,9 @@ class TrainLoop:
         atomic_save(state, self.out / name)
 
     def checkpoint(self, epoch_end: bool) -> dict[str, Any]:
+        """Evaluate, then write ``checkpoint-best.pth`` (when the score improved) before ``checkpoint-last.pth``
+        and the evaluation row, each atomically; returns the evaluation row.
+        """
         metrics = self.evaluate(epoch_end)
         value = metrics[self.score]
         is_best = self.best is None or (value > self.best if self.higher_is_better else value < self.best)
@@ -257,6 +263,12 @@ class TrainLoop:
         return row
 
     def resume(self) -> bool:
+        """Load the checkpoint ``--resume`` names (``'auto'``: the newest loadable one); False when there is none.
+
+        Raises:
+            ValueError: the checkpoint belongs to another recipe, was trained with another effective batch, or
+                with other run-defining arguments (unless ``--force-resume``).
+        """
         path, ckpt = find_resume(self.out, self.args.resume)
         if ckpt is None:
             return False
@@ -298,6 +310,7 @@ class TrainLoop:
             self.acc_count = 0
 
     def result(self, wall: float = 0.0, images: int = 0) -> dict[str, Any]:
+        """The run's summary: last metrics and evaluation, step, best score, wall time, mean images/s, parameters."""
         last_eval = self.eval_rows[-1] if self.eval_rows else {}
         best = self.best if self.best is not None else (-math.inf if self.higher_is_better else math.inf)
         return {
@@ -325,6 +338,15 @@ class TrainLoop:
                 path.unlink(missing_ok=True)
 
     def run(self) -> dict[str, Any]:
+        """Resume or claim the output folder, train to ``total_steps`` with checkpoints, and return ``result()``.
+
+        A finished run reports its result and does nothing.
+
+        Raises:
+            FolderInUseError: another run holds the output folder.
+            ValueError: an earlier run's checkpoints are there (without ``--resume`` / ``--overwrite``), or a refused
+                resume (see ``resume``).
+        """
         args, main = self.args, self.dist.is_main
         resumed = self.resume()
         if not resumed:
