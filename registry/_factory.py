@@ -215,10 +215,11 @@ def create_model(
             ``pretrained_model_args`` (the arguments the weights were trained with).
 
     Raises:
-        UnknownModelError: an unregistered name. ValueError: a malformed or invalid name, record,
-        ``config.json`` or checkpoint (each names what was wrong). IsADirectoryError: a folder as
-        ``checkpoint_path``. WeightsUnavailableError: offline or unreachable, not cached (says how to
-        supply the file).
+        UnknownModelError: an unregistered name.
+        ValueError: a malformed or invalid name, record, ``config.json`` or checkpoint (each names what
+            was wrong).
+        IsADirectoryError: a folder as ``checkpoint_path``.
+        WeightsUnavailableError: offline or unreachable, not cached (says how to supply the file).
     """
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
     checkpoint = read_checkpoint(checkpoint_path) if checkpoint_path else None

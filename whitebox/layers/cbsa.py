@@ -83,6 +83,7 @@ class ContractBroadcastAttention(nn.Module):
 
     @property
     def num_representatives(self) -> int:
+        """m, the number of representatives (``pool_size[0] * pool_size[1]``; official 64)."""
         return self.pool_size[0] * self.pool_size[1]
 
     def _grid(self, x: torch.Tensor, grid_size: tuple[int, int] | None) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -162,6 +163,7 @@ class ContractBroadcastAttention(nn.Module):
         return (out, attn) if return_attention else out
 
     def extra_repr(self) -> str:
+        """``pooling``, ``pool_size`` and ``grid_size``, shown by ``print(module)``."""
         return f"pooling={self.pooling!r}, pool_size={self.pool_size}, grid_size={self.grid_size}"
 
 
@@ -173,6 +175,17 @@ class ContractBroadcastBlock(nn.Module):
 
     The authors' ``Transformer`` in ``CBSA_image_classification/models.py`` (``PreNorm``, LayerNorm eps 1e-5).
     ``drop_path`` applies to the CBSA branch only.
+
+    Args:
+        dim, num_heads: width d and heads h (d divisible by h).
+        eta, lambd: ISTA step size and threshold (official 0.1 and 0.1).
+        grid_size, pool_size, pooling, num_prefix_tokens: as ``ContractBroadcastAttention``.
+        attn_drop, proj_drop: CBSA dropouts (the authors have none).
+        drop_path: stochastic-depth rate of the CBSA branch.
+        norm_eps: LayerNorm epsilon (official 1e-5).
+
+    Raises:
+        ValueError: bad arguments (from ``ContractBroadcastAttention``).
     """
 
     def __init__(
@@ -215,5 +228,9 @@ class ContractBroadcastBlock(nn.Module):
         )
 
     def forward(self, x: torch.Tensor, grid_size: tuple[int, int] | None = None) -> torch.Tensor:
+        """``x = x + CBSA(LN(x)); x = ISTA(LN(x))``: tokens (B, N, d) -> (B, N, d).
+
+        ``grid_size`` is the patch grid of this input for ``'patch'`` pooling (default: the block's own).
+        """
         x = x + self.drop_path(self.attn(self.norm1(x), grid_size))
         return self.ista(self.norm2(x))

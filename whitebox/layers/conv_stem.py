@@ -27,6 +27,12 @@ class ConvStemPatchEmbed(_PatchEmbedBase):
 
     Raises:
         ValueError: a patch size other than 8 or 16, or a width too small for the stages.
+
+    Args:
+        img_size: the image size built for (int or (H, W)), in pixels; a multiple of ``patch_size``.
+        patch_size: 8 or 16 (three or four stride-2 stages).
+        in_chans: input channels C.
+        embed_dim: token width d.
     """
 
     def __init__(self, img_size: int | tuple[int, int], patch_size: int, in_chans: int, embed_dim: int) -> None:
@@ -59,6 +65,7 @@ class ConvStemPatchEmbed(_PatchEmbedBase):
         return {"": total}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (B, C, H, W) -> patch tokens (B, H/p * W/p, d) through the conv + BN stages."""
         return self.proj(x).flatten(2).transpose(1, 2)
 
 

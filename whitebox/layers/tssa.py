@@ -180,6 +180,17 @@ class TokenStatisticsBlock(nn.Module):
 
     As the CBSA authors' ToST baseline builds it (``CBSA_image_classification/models.py``, ``ToST_tiny``:
     ``TSSA`` without a bias on its projection, LayerNorm eps 1e-5). ``drop_path`` applies to the TSSA branch.
+
+    Args:
+        dim, num_heads: width d and heads h (d divisible by h).
+        eta, lambd: ISTA step size and threshold (0.1 and 0.1).
+        qkv_bias: a bias on TSSA's projection (the CBSA authors' baseline: none).
+        attn_drop, proj_drop: TSSA dropouts.
+        drop_path: stochastic-depth rate of the TSSA branch.
+        norm_eps: LayerNorm epsilon (1e-5).
+
+    Raises:
+        ValueError: ``dim`` not divisible by ``num_heads``.
     """
 
     def __init__(
@@ -217,5 +228,6 @@ class TokenStatisticsBlock(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x = x + TSSA(LN(x)); x = ISTA(LN(x))``: tokens (B, N, d) -> (B, N, d)."""
         x = x + self.drop_path(self.attn(self.norm1(x)))
         return self.ista(self.norm2(x))

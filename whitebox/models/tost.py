@@ -319,6 +319,9 @@ class ToST(nn.Module):
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        """Parameter groups for layer-wise lr decay (timm's contract): the stem, the TSSA blocks, then the
+        class-attention blocks and the final norm.
+        """
         return dict(
             stem=r"^cls_token|^pos_embed|^patch_embed",
             blocks=r"^blocks\.(\d+)",
@@ -327,13 +330,20 @@ class ToST(nn.Module):
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute the TSSA blocks' activations in the backward pass to save memory."""
         self.grad_checkpointing = enable
 
     @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
+        """The head module (``nn.Identity`` when ``num_classes`` is 0)."""
         return self.head
 
     def reset_classifier(self, num_classes: int, global_pool: GlobalPool | None = None) -> None:
+        """A new head for ``num_classes`` (0: none), optionally a new ``global_pool``.
+
+        Raises:
+            ValueError: ``num_classes`` out of range or ``global_pool`` not 'token', 'avg' or ''.
+        """
         if global_pool is not None:
             if global_pool not in ("token", "avg", ""):
                 raise ValueError(f"global_pool must be 'token', 'avg' or '', got {global_pool!r}")
@@ -389,6 +399,9 @@ class ToST(nn.Module):
         return self.norm(self.forward_cls(x))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Tokens (B, 1 + N, d) -> logits (B, num_classes): pool (class token or mean of patch tokens),
+        ``fc_norm``, dropout, head; ``pre_logits=True`` stops before the head (B, d).
+        """
         if self.global_pool == "token":
             x = x[:, 0]
         elif self.global_pool == "avg":
@@ -397,6 +410,7 @@ class ToST(nn.Module):
         return x if pre_logits else self.head(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (B, C, H, W) -> logits (B, num_classes) (or pooled features when there is no head)."""
         return self.forward_head(self.forward_features(x))
 
     def _take_indices(self, indices: int | list[int] | None) -> tuple[list[int], int]:
