@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import json
 import math
+import re
 from typing import Any
 
 import torch
@@ -188,12 +189,16 @@ def check_aa(policy: str) -> None:
         return
     from timm.data import create_transform
 
+    allowed = "give e.g. rand-m9-mstd0.5-inc1, augmix-m5-w4-d2, v0 or original, or '' for none"
+    sections = policy.split("-")
+    # timm skips a RandAugment section without digits ('rand-m9-bogus') without a word
+    if sections[0] == "rand" and (odd := [c for c in sections[1:] if not re.fullmatch(r"t\w+|[a-z]+[\d.]+", c)]):
+        raise ValueError(f"--aa {policy!r}: RandAugment has no section {', '.join(odd)}; {allowed}")
     try:
         create_transform(input_size=32, is_training=True, auto_augment=policy)
     except Exception as err:  # timm reports a bad policy as an assertion, a KeyError or a ValueError
         raise ValueError(
-            f"--aa {policy!r} is not a timm auto-augment policy ({type(err).__name__}: {err}); give e.g. "
-            "rand-m9-mstd0.5-inc1, augmix-m5-w4-d2, v0 or original, or '' for none"
+            f"--aa {policy!r} is not a timm auto-augment policy ({type(err).__name__}: {err}); {allowed}"
         ) from None
 
 
