@@ -205,9 +205,9 @@ def test_the_logger_and_json_files_write_null_for_nonfinite(tmp_path):
 _LONG = ["--samples-per-epoch", "32", "--batch-size", "8", "--epochs", "12", "--log-every", "1", *TINY]
 
 
-def _start(cmd: list[str], out: Path, rows: int) -> subprocess.Popen:
+def _start(cmd: list[str], out: Path, rows: int, **kwargs) -> subprocess.Popen:
     """Start ``cmd`` and return once ``out/metrics.jsonl`` has ``rows`` rows (a run in progress)."""
-    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline and len(read_jsonl(out / "metrics.jsonl")) < rows:
         assert proc.poll() is None, proc.communicate()[1][-2000:]
@@ -241,6 +241,19 @@ def test_a_signal_finishes_the_step_checkpoints_and_resumes_bit_exact(tmp_path, 
     assert read_jsonl(out / "metrics.jsonl") != [] and [r["loss"] for r in read_jsonl(out / "metrics.jsonl")] == [
         r["loss"] for r in read_jsonl(full / "metrics.jsonl")
     ]
+
+
+def test_ctrl_c_in_a_terminal_reaches_the_loader_workers_too_and_the_step_still_finishes(tmp_path):
+    """A terminal sends SIGINT to the whole foreground process group: the run and its loader workers."""
+    out = tmp_path / "run"
+    cmd = [*PRETRAIN, *_LONG, "--workers", "2", "--output", str(out)]
+    proc = _start(cmd, out, 2, start_new_session=True)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert err.count("SIGINT: finishing this step") == 1 and "Traceback" not in err  # the workers stay quiet
+    step = load_checkpoint_file(out / "checkpoint-last.pth")["step"]
+    assert err.strip().splitlines()[-1].startswith(f"stopped by SIGINT at step {step}: ")
 
 
 _SLOW_SAVE = """

@@ -178,17 +178,22 @@ def run_main(main: Callable[[], Any]) -> None:
 class SignalStop:
     """``with SignalStop() as stop:`` — the first SIGINT / SIGTERM sets ``stop.signum`` (the loop finishes its
     step and checkpoints); a second SIGINT raises ``KeyboardInterrupt`` at once; a repeated SIGTERM is ignored.
-    Outside the main thread (where Python cannot install handlers) it does nothing."""
+    Data-loader workers forked inside the block ignore both (a terminal's Ctrl-C reaches them too), so
+    the step in flight can finish. Outside the main thread (where Python cannot install handlers) it does
+    nothing."""
 
     def __init__(self, announce: bool = True) -> None:
         self.signum, self.announce, self._previous = 0, announce, {}
 
     def __enter__(self) -> SignalStop:
         if threading.current_thread() is threading.main_thread():
+            self._pid = os.getpid()
             self._previous = {s: signal.signal(s, self._handle) for s in SIGNAL_EXIT}
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
+        if os.getpid() != self._pid:  # a forked data-loader worker: its parent finishes the step and stops it
+            return
         name = signal.Signals(signum).name
         if not self.signum:
             self.signum = signum
