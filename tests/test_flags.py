@@ -175,6 +175,7 @@ def test_a_linear_probe_layer_outside_the_encoder_is_named(tmp_path, layer):
         linprobe.main([*common, "--layer", layer, "--output", str(tmp_path / "o")])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("program", "argv", "status", "line"),
     [

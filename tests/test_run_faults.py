@@ -66,6 +66,7 @@ def _run(cmd: list[str], timeout: float = 240) -> subprocess.CompletedProcess:
 
 
 # ----------------------------------------------------------------------------- non-finite runs
+@pytest.mark.slow
 def test_a_diverging_pretraining_stops_keeps_the_last_finite_checkpoint_and_stops_again_on_resume(tmp_path):
     """The issue's example: --lr 1e12 --warmup-steps 4 --save-every 1 ran to the end and saved NaN weights."""
     out = tmp_path / "run"
@@ -173,6 +174,7 @@ def _labelled_npz(path: Path, n: int = 24) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_a_diverging_fine_tuning_stops_too(tmp_path):
     data = _labelled_npz(tmp_path / "d.npz")
     out = tmp_path / "ft"
@@ -215,6 +217,7 @@ def _start(cmd: list[str], out: Path, rows: int, **kwargs) -> subprocess.Popen:
     return proc
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("sig", "status"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_a_signal_finishes_the_step_checkpoints_and_resumes_bit_exact(tmp_path, sig, status):
     full, out = tmp_path / "full", tmp_path / "run"
@@ -243,6 +246,7 @@ def test_a_signal_finishes_the_step_checkpoints_and_resumes_bit_exact(tmp_path, 
     ]
 
 
+@pytest.mark.slow
 def test_ctrl_c_in_a_terminal_reaches_the_loader_workers_too_and_the_step_still_finishes(tmp_path):
     """A terminal sends SIGINT to the whole foreground process group: the run and its loader workers."""
     out = tmp_path / "run"
@@ -261,12 +265,12 @@ import sys, time
 from pathlib import Path
 from recipes import pretrain as p
 from whitebox.train.run import run_main
-real = p.MAEPretraining.stop_checkpoint
+real, marker = p.MAEPretraining._stop_by_signal, Path(sys.argv[1])
 def slow(self):
-    Path(sys.argv[1]).write_text("saving")
+    marker.write_text("stopping")
     time.sleep(60)
     real(self)
-p.MAEPretraining.stop_checkpoint = slow
+p.MAEPretraining._stop_by_signal = slow
 sys.argv = [p.__file__, *sys.argv[2:]]
 run_main(p.main)
 """
@@ -278,8 +282,9 @@ def test_a_second_ctrl_c_stops_at_once_and_leaves_whole_files(tmp_path):
     proc = _start(cmd, out, 2)
     proc.send_signal(signal.SIGINT)
     deadline = time.monotonic() + 60
-    while not marker.exists() and time.monotonic() < deadline:  # the first stop is saving (slowly)
+    while not marker.exists() and time.monotonic() < deadline:  # the first stop is under way (slowly)
         time.sleep(0.01)
+    assert marker.exists()
     start = time.monotonic()
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
