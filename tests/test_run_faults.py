@@ -174,6 +174,24 @@ def _labelled_npz(path: Path, n: int = 24) -> Path:
     return path
 
 
+def test_a_fine_tuning_with_a_nonfinite_loss_stops_and_keeps_the_last_finite_checkpoint(tmp_path, monkeypatch):
+    from recipes.finetune import Finetuning
+
+    real = Finetuning.loss
+    monkeypatch.setattr(Finetuning, "loss", lambda self, b: real(self, b) * (math.inf if self.step == 2 else 1.0))
+    data = _labelled_npz(tmp_path / "d.npz")
+    common = ["--model", "crate_tiny", "--img-size", "16", "--patch-size", "8", *TINY, "--data", str(data)]
+    common += ["--epochs", "3", "--batch-size", "8", "--save-every", "1", "--aa", "", "--output", str(tmp_path / "ft")]
+    with pytest.raises(NonFiniteError, match=r"non-finite at step 3: loss inf, gradient norm nan") as err:
+        finetune(common)
+    assert "--precision fp32" not in str(err.value)  # it is fp32 already: not suggested
+    ckpt = load_checkpoint_file(tmp_path / "ft" / "checkpoint-last.pth")
+    assert ckpt["step"] == 2 and _finite(ckpt["model"])
+    with pytest.raises(NonFiniteError, match=r"non-finite at step 3"):  # --resume auto: from step 2, stops again
+        finetune([*common, "--resume", "auto"])
+    _strict_files(tmp_path / "ft")
+
+
 @pytest.mark.slow
 def test_a_diverging_fine_tuning_stops_too(tmp_path):
     data = _labelled_npz(tmp_path / "d.npz")
