@@ -357,7 +357,8 @@ class TrainLoop:
             tries.append("gradient clipping (--clip-grad 1.0)")
         if self.precision != "fp32":
             tries.append("--precision fp32")
-        tries.append("a longer warmup (--warmup-steps / --warmup-epochs)")
+        warmup = "--warmup-steps / --warmup-epochs" if hasattr(self.args, "warmup_steps") else "--warmup-epochs"
+        tries.append(f"a longer warmup ({warmup})")
         tries.append("skipping a few such steps (--max-nonfinite-steps N)")
         return (
             f"the run went non-finite at {what}; stopped, nothing non-finite was saved: {kept}. Try "
