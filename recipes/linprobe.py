@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=integer(ge=0), default=0)
     p.add_argument("--on-bad-image", default="skip", choices=BAD_IMAGE_POLICIES)
     p.add_argument("--device", type=device, default="auto", help="auto, cpu, cuda, cuda:N, mps, xpu, xpu:N")
-    p.add_argument("--precision", type=choice(*PRECISIONS), default="auto", help="auto, fp32, bf16, fp16")
+    p.add_argument("--precision", type=choice(PRECISIONS), default="auto", help="auto, fp32, bf16, fp16")
     p.add_argument("--seed", type=seed, default=0, help="0 to 2**63 - 1")
     p.add_argument("--output", default="output/linprobe")
     return p

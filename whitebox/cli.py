@@ -20,9 +20,9 @@ from __future__ import annotations
 import argparse
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
-__all__ = ["DEVICE_PATTERN", "FREE_FLAGS", "choice", "device", "free", "integer", "number", "require", "seed"]
+__all__ = ["DEVICE_PATTERN", "choice", "device", "integer", "number", "require"]
 
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|(cuda|xpu)(:\d+)?)$")
 
@@ -87,8 +87,8 @@ def device(text: str) -> str:
     return text
 
 
-def choice(*allowed: str) -> Callable[[str], str]:
-    """One of ``allowed`` (for flags whose values are a fixed list, without argparse's ``choices`` usage text)."""
+def choice(allowed: Sequence[str]) -> Callable[[str], str]:
+    """One of ``allowed``, listed in the message (``choices=`` would print Python reprs and no metavar)."""
 
     def parse(text: str) -> str:
         if text not in allowed:
@@ -97,6 +97,12 @@ def choice(*allowed: str) -> Callable[[str], str]:
 
     parse.__name__ = "choice"
     return parse
+
+
+def require(condition: bool, message: str) -> None:
+    """Raise ``ValueError(message)`` unless ``condition``: for relations between flags."""
+    if not condition:
+        raise ValueError(message)
 
 
 # a seed goes into torch.manual_seed (seed + rank, up to 2**64 - 1), NumPy (seed mod 2**32) and splitmix64
@@ -116,7 +122,4 @@ def free(action: argparse.Action) -> argparse.Action:
     return action
 
 
-def require(condition: bool, message: str) -> None:
-    """Raise ``ValueError(message)`` unless ``condition``: for relations between flags."""
-    if not condition:
-        raise ValueError(message)
+__all__ += ["FREE_FLAGS", "free", "seed"]  # what the recipes declare about their flags

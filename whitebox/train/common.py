@@ -136,7 +136,7 @@ def add_run_args(parser: argparse.ArgumentParser, output: str, log_every: int = 
     free(r.add_argument("--device", type=device, default="auto", help="auto, cpu, cuda, cuda:N, mps, xpu, xpu:N"))
     r.add_argument(
         "--precision",
-        type=choice(*PRECISIONS),
+        type=choice(PRECISIONS),
         default="auto",
         help="auto (bf16 on GPU, fp32 on CPU), fp32, bf16, fp16",
     )
