@@ -59,6 +59,8 @@ class MetricsLogger:
                 self.tb = None
 
     def log(self, row: dict[str, Any]) -> None:
+        """Append ``row`` as one JSON line (flushed at once); with TensorBoard, also its numbers as scalars
+        at ``row['step']``."""
         self._file.write(json_line(row) + "\n")
         self._file.flush()
         if self.tb is not None:

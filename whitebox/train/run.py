@@ -432,6 +432,10 @@ class TrainLoop:
             )
 
     def checkpoint(self, epoch_end: bool) -> dict[str, Any]:
+        """Evaluate, then write ``checkpoint-best.pth`` (when the score improved) before ``checkpoint-last.pth``
+        and the evaluation row, each atomically; returns the evaluation row.
+        """
+        # never save what is not finite: the weights before the evaluation, the evaluation before the files
         self.check_weights()
         metrics = self.evaluate(epoch_end)
         if off := {k: v for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)}:
