@@ -97,28 +97,30 @@ class RunFolder:
             torch.distributed.broadcast_object_list(box, src=0)
             error = box[0]
         if error:
-            raise (FolderInUseError if "in use by another run" in error else OutputFolderError)(error)
+            in_use, message = error
+            raise (FolderInUseError if in_use else OutputFolderError)(message)
         return self.path
 
-    def _acquire(self) -> str | None:
+    def _acquire(self) -> tuple[bool, str] | None:
+        """``None`` once the folder is this run's, else ``(in use by another run, message)``."""
+        if problem := output_problem(self.path):
+            return False, problem
         try:
             import fcntl
         except ImportError:  # not POSIX
             warnings.warn(f"cannot lock {self.path} on this platform: do not start two runs into it", stacklevel=3)
             return None
-        if problem := output_problem(self.path):
-            return problem
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as err:
-            return f"--output {self.path}: cannot create the folder or its lock file: {err.strerror or err}"
+            return False, f"--output {self.path}: cannot create the folder or its lock file: {err.strerror or err}"
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "unknown process"
             os.close(fd)
-            return (
+            return True, (
                 f"the output folder {self.path} is in use by another run ({holder}); wait for it to finish, stop it, "
                 "or choose another --output"
             )
