@@ -363,6 +363,18 @@ def test_steps_derive_the_warmup_from_the_run_and_record_it(tmp_path):
         pretrain([*common, "--warmup-epochs", "2", "--output", str(tmp_path / "y")])
 
 
+CIFAR_TRAIN = ROOT.parent / "shared" / "data" / "cifar10_jpeg_train.npz"
+
+
+@pytest.mark.skipif(not CIFAR_TRAIN.is_file(), reason=f"{CIFAR_TRAIN} absent (shared data not on this machine)")
+def test_the_issue_example_cifar_steps_400_warms_up_for_a_tenth_of_the_run(tmp_path):
+    """Before: the 40-epoch default warmup (31,240 steps at 781 per epoch) for a 400-step run, and a warning."""
+    shape = ["--img-size", "32", "--patch-size", "4", "--decoder-depth", "1", *TINY]
+    pretrain(["--data", str(CIFAR_TRAIN), *shape, "--steps", "400", "--stop-after", "1", "--output", str(tmp_path)])
+    args = json.loads((tmp_path / "args.json").read_text())
+    assert (args["steps_per_epoch"], args["total_steps"], args["warmup_steps"]) == (781, 400, 40)
+
+
 def test_a_run_shorter_than_an_epoch_checkpoints_and_draws_every_tenth(tmp_path, capsys):
     out = tmp_path / "run"
     common = ["--samples-per-epoch", "256", "--batch-size", "8", "--steps", "20", "--log-every", "5", *TINY]
