@@ -26,6 +26,7 @@ try:
 except ImportError:  # a checkout without `pip install -e .`: use the library next to this file
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from whitebox.cli import integer, number, require
 from whitebox.train import (
     EvalTransform,
     ResumableBatchSampler,
@@ -41,11 +42,13 @@ from whitebox.train import (
 )
 from whitebox.train.checkpoint import seed_everything
 from whitebox.train.common import (
+    add_batch_args,
     add_encoder_args,
     add_labelled_data_args,
+    add_lr_args,
     add_run_args,
     amp_context,
-    check_positive,
+    check_aa,
     count_params,
     load_encoder,
     model_kwargs_from_args,
@@ -62,28 +65,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_encoder_args(p)
     p.add_argument("--global-pool", default="avg", choices=("token", "avg"))
-    p.add_argument("--drop-path", type=float, default=0.1)
+    p.add_argument("--drop-path", type=number(ge=0, lt=1), default=0.1, help="stochastic depth rate, [0, 1)")
     add_labelled_data_args(p)
-    p.add_argument("--epochs", type=int, default=100)
-    p.add_argument("--batch-size", type=int, default=64, help="per rank")
-    p.add_argument("--accum-iter", type=int, default=1)
-    p.add_argument("--blr", type=float, default=1e-3)
-    p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--min-lr", type=float, default=1e-6)
-    p.add_argument("--layer-decay", type=float, default=0.75)
-    p.add_argument("--weight-decay", type=float, default=0.05)
-    p.add_argument("--warmup-epochs", type=float, default=5)
-    p.add_argument("--clip-grad", type=float, default=None)
-    p.add_argument("--smoothing", type=float, default=0.1)
-    p.add_argument("--mixup", type=float, default=0.8)
-    p.add_argument("--cutmix", type=float, default=1.0)
+    p.add_argument("--epochs", type=integer(gt=0), default=100)
+    add_batch_args(p, 64)
+    add_lr_args(p, 1e-3, 1e-6)
+    p.add_argument(
+        "--layer-decay", type=number(gt=0, le=1), default=0.75, help="lr factor per block from the top, (0, 1]"
+    )
+    p.add_argument(
+        "--warmup-epochs",
+        type=number(ge=0),
+        default=None,
+        help="(default 5, or a twentieth of a run not longer than that)",
+    )
+    p.add_argument("--smoothing", type=number(ge=0, lt=1), default=0.1, help="label smoothing, [0, 1)")
+    p.add_argument("--mixup", type=number(ge=0), default=0.8, help="mixup alpha (0: off)")
+    p.add_argument("--cutmix", type=number(ge=0), default=1.0, help="cutmix alpha (0: off)")
     p.add_argument(
         "--aa",
         default="rand-m9-mstd0.5-inc1-mmax9",
         help="timm auto-augment policy ('' for none); MAE's rand-m9-mstd0.5-inc1 capped at magnitude 9, because "
         "magnitude 10 asks Pillow >= 12 to posterize to 0 bits, which it refuses",
     )
-    p.add_argument("--reprob", type=float, default=0.25, help="random erasing probability")
+    p.add_argument("--reprob", type=number(ge=0, le=1), default=0.25, help="random erasing probability, [0, 1]")
     add_run_args(p, output="output/finetune", log_every=20)
     return p
 
@@ -102,6 +107,9 @@ class Finetuning(TrainLoop):
         super().__init__(args, dist)
         device = self.device
         self.precision = resolve_precision(args.precision, device)
+        self.effective_batch = args.batch_size * args.accum_iter * dist.world_size
+        self.base_lr = args.lr if args.lr is not None else scaled_lr(args.blr, self.effective_batch)
+        check_lr(args, self.base_lr, self.effective_batch)
         seed_everything(args.seed + dist.rank)
         train_base = build_dataset(args.data, args.train_split, args.download, args.data_root)
         test_split = None if args.test_data else args.test_split  # a file or folder of test images only
@@ -143,7 +151,6 @@ class Finetuning(TrainLoop):
         self.loader = make_loader(train_set, self.sampler, workers, pin_memory=device.type == "cuda")
         self.test_loader = make_loader(test_set, test_sampler, workers, pin_memory=device.type == "cuda")
 
-        self.effective_batch = args.batch_size * args.accum_iter * dist.world_size
         self.steps_per_epoch = len(self.sampler) // args.accum_iter
         if self.steps_per_epoch == 0:
             raise ValueError(
@@ -151,8 +158,9 @@ class Finetuning(TrainLoop):
                 "lower --batch-size or --accum-iter"
             )
         self.total_steps = self.steps_per_epoch * args.epochs
+        if args.warmup_epochs is None:  # MAE's 5 epochs, or the same twentieth of a run not longer than that
+            args.warmup_epochs = 5.0 if args.epochs > 5 else args.epochs / 20
         self.warmup_steps = round(args.warmup_epochs * self.steps_per_epoch)
-        self.base_lr = args.lr if args.lr is not None else scaled_lr(args.blr, self.effective_batch)
         groups = param_groups_layer_decay(
             self.model,
             args.weight_decay,
@@ -231,9 +239,32 @@ class Finetuning(TrainLoop):
         )
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
+def check_lr(args: argparse.Namespace, base_lr: float, effective_batch: int) -> None:
+    """--min-lr at most the peak lr (known once the global batch is)."""
+    source = "--lr" if args.lr is not None else f"--blr {args.blr:g} x global batch {effective_batch} / 256"
+    require(
+        args.min_lr <= base_lr,
+        f"--min-lr {args.min_lr:g} is above the peak lr {base_lr:.3g} ({source}); lower --min-lr or raise the lr",
+    )
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The flags, and the relations between them that need no data."""
     args = build_parser().parse_args(argv)
-    check_positive(args, "epochs", "batch_size", "accum_iter", "log_every")
+    if args.warmup_epochs is not None:
+        require(
+            args.warmup_epochs < args.epochs,
+            f"--warmup-epochs {args.warmup_epochs:g} is not shorter than the run (--epochs {args.epochs}); give "
+            "fewer warmup epochs, or leave it unset",
+        )
+    if args.lr is not None:
+        check_lr(args, args.lr, 0)
+    check_aa(args.aa)
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
     info = init_distributed(args.device)
     try:
         with RunFolder(args.output, info):

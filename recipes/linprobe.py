@@ -22,13 +22,14 @@ try:
 except ImportError:  # a checkout without `pip install -e .`: use the library next to this file
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from whitebox.cli import choice, device, integer, number, require, seed
 from whitebox.io import write_json
 from whitebox.train import RunFolder, atomic_save, build_dataset
 from whitebox.train.checkpoint import seed_everything
 from whitebox.train.common import (
+    PRECISIONS,
     add_encoder_args,
     add_labelled_data_args,
-    check_positive,
     load_encoder,
     model_kwargs_from_args,
     resolve_precision,
@@ -46,34 +47,45 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_encoder_args(p)
     add_labelled_data_args(p)
-    p.add_argument("--max-train", type=int, default=None, help="use a seeded random subset of N training images")
+    p.add_argument(
+        "--max-train", type=integer(gt=0), default=None, help="use a seeded random subset of N training images"
+    )
     p.add_argument("--pool", default="token", choices=("token", "avg"), help="class token or mean of patch tokens")
-    p.add_argument("--layer", type=int, default=None, help="block index for intermediate features (default: last)")
-    p.add_argument("--crop-pct", type=float, default=1.0, help="evaluation centre-crop fraction")
+    p.add_argument(
+        "--layer", type=integer(), default=None, help="block index for intermediate features (default: last; -1: last)"
+    )
+    p.add_argument("--crop-pct", type=number(gt=0, le=1), default=1.0, help="evaluation centre-crop fraction, (0, 1]")
     p.add_argument("--solver", default="lbfgs", choices=("lbfgs", "sgd"))
-    p.add_argument("--weight-decay", type=float, default=1e-4)
-    p.add_argument("--max-iter", type=int, default=300, help="L-BFGS iterations")
-    p.add_argument("--epochs", type=int, default=90, help="sgd epochs")
-    p.add_argument("--lr", type=float, default=0.1, help="sgd lr")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--weight-decay", type=number(ge=0), default=1e-4)
+    p.add_argument("--max-iter", type=integer(gt=0), default=300, help="L-BFGS iterations")
+    p.add_argument("--epochs", type=integer(gt=0), default=90, help="sgd epochs")
+    p.add_argument("--lr", type=number(gt=0), default=0.1, help="sgd lr")
+    p.add_argument("--batch-size", type=integer(gt=0), default=256)
+    p.add_argument("--workers", type=integer(ge=0), default=0)
     p.add_argument("--on-bad-image", default="skip", choices=BAD_IMAGE_POLICIES)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--precision", default="auto")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", type=device, default="auto", help="auto, cpu, cuda, cuda:N, mps, xpu, xpu:N")
+    p.add_argument("--precision", type=choice(PRECISIONS), default="auto", help="auto, fp32, bf16, fp16")
+    p.add_argument("--seed", type=seed, default=0, help="0 to 2**63 - 1")
     p.add_argument("--output", default="output/linprobe")
     return p
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = build_parser().parse_args(argv)
-    check_positive(args, "batch_size", "max_train", "max_iter", "epochs")
     with RunFolder(args.output) as out:
         seed_everything(args.seed)
         device = resolve_device(args.device)
+        precision = resolve_precision(args.precision, device)
         encoder, model_name, model_kwargs = load_encoder(
             args.model, args.checkpoint, args.pretrained, **model_kwargs_from_args(args)
         )
+        depth = len(getattr(encoder, "blocks", ()))
+        if args.layer is not None and depth:
+            require(
+                -depth <= args.layer < depth,
+                f"--layer {args.layer} is outside this {depth}-block encoder: give 0 to {depth - 1} "
+                f"(or -{depth} to -1, counted from the last)",
+            )
         train_set = build_dataset(args.data, args.train_split, args.download, args.data_root)
         if args.max_train:
             # a seeded random subset: folders list their images class by class, so a prefix would drop classes
@@ -91,7 +103,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             layer=args.layer,
             solver=args.solver,
             device=device,
-            precision=resolve_precision(args.precision, device),
+            precision=precision,
             batch_size=args.batch_size,
             workers=args.workers,
             weight_decay=args.weight_decay,

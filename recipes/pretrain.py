@@ -30,6 +30,7 @@ except ImportError:  # a checkout without `pip install -e .`: use the library ne
     import whitebox
 
 from whitebox.analysis import reconstruction_grid
+from whitebox.cli import free, integer, number, require
 from whitebox.train import (
     MAEAugment,
     ResumableBatchSampler,
@@ -45,11 +46,12 @@ from whitebox.train import (
 )
 from whitebox.train.checkpoint import seed_everything
 from whitebox.train.common import (
+    add_batch_args,
+    add_lr_args,
     add_model_shape_args,
     add_run_args,
     amp_context,
     check_model_name,
-    check_positive,
     count_params,
     model_kwargs_from_args,
     resolve_precision,
@@ -82,40 +84,51 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--model", default="crate_mae_tiny", help="registered MAE model name")
     add_model_shape_args(p)
-    p.add_argument("--mask-ratio", type=float, default=0.75)
+    p.add_argument("--mask-ratio", type=number(ge=0, lt=1), default=0.75, help="fraction of patches removed, [0, 1)")
     p.add_argument("--norm-pix-loss", action="store_true", help="regress per-patch normalised pixels")
     d = p.add_argument_group("data")
     d.add_argument(
         "--data", default=None, help="image folder, .npz (arrays or JPEG pack), 'cifar10'; unset: bundled photos"
     )
     d.add_argument("--split", default="train")
-    d.add_argument("--download", action="store_true", help="let torchvision download CIFAR-10 into --data-root")
-    d.add_argument("--data-root", default="data", help="where --data cifar10 lives")
-    d.add_argument("--samples-per-epoch", type=int, default=None, help="epoch length for the bundled photos")
+    free(d.add_argument("--download", action="store_true", help="let torchvision download CIFAR-10 into --data-root"))
+    free(d.add_argument("--data-root", default="data", help="where --data cifar10 lives"))
+    d.add_argument("--samples-per-epoch", type=integer(gt=0), default=None, help="epoch length for the bundled photos")
     o = p.add_argument_group("optimisation")
-    o.add_argument("--epochs", type=int, default=None, help="(default 400)")
-    o.add_argument("--steps", type=int, default=None, help="optimizer steps in all (overrides --epochs)")
-    o.add_argument("--batch-size", type=int, default=None, help="per rank and micro-step (default 64)")
-    o.add_argument("--accum-iter", type=int, default=1, help="gradient accumulation steps")
-    o.add_argument("--blr", type=float, default=None, help="base lr; lr = blr * effective batch / 256 (default 1.5e-4)")
-    o.add_argument("--lr", type=float, default=None, help="absolute lr (overrides --blr)")
-    o.add_argument("--min-lr", type=float, default=0.0)
-    o.add_argument("--warmup-epochs", type=float, default=None, help="(default 40)")
-    o.add_argument("--warmup-steps", type=int, default=None, help="overrides --warmup-epochs")
-    o.add_argument("--weight-decay", type=float, default=0.05)
-    o.add_argument("--clip-grad", type=float, default=None, help="max global grad norm")
-    r = add_run_args(p, output="output/pretrain")
-    r.add_argument(
-        "--threads", type=int, default=None, help="CPU threads per process (1 avoids spin-waits on a busy CPU)"
+    o.add_argument("--epochs", type=integer(gt=0), default=None, help="(default 400)")
+    o.add_argument("--steps", type=integer(gt=0), default=None, help="optimizer steps in all (overrides --epochs)")
+    add_batch_args(o, None)
+    add_lr_args(o, None, 0.0)
+    o.add_argument(
+        "--warmup-epochs",
+        type=number(ge=0),
+        default=None,
+        help="(default 40, or with --steps or a run shorter than that: the same tenth of the run)",
     )
-    r.add_argument("--compile", action="store_true", help="torch.compile the model")
-    r.add_argument("--grad-checkpointing", action="store_true")
+    o.add_argument("--warmup-steps", type=integer(ge=0), default=None, help="overrides --warmup-epochs")
+    r = add_run_args(p, output="output/pretrain")
+    free(
+        r.add_argument(
+            "--threads",
+            type=integer(gt=0),
+            default=None,
+            help="CPU threads per process (1 avoids spin-waits on a busy CPU)",
+        )
+    )
+    free(r.add_argument("--compile", action="store_true", help="torch.compile the model"))
+    free(r.add_argument("--grad-checkpointing", action="store_true"))
     r.add_argument("--fsdp", action="store_true", help="shard parameters, gradients and optimizer state (FSDP2)")
-    r.add_argument("--grid-every", type=int, default=0, help="also write a reconstruction grid every N steps")
+    free(
+        r.add_argument(
+            "--grid-every", type=integer(ge=0), default=0, help="also write a reconstruction grid every N steps"
+        )
+    )
     return p
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The flags, with the defaults filled in (the demo's where no --data is given) and their relations
+    checked; the warmup is filled in by ``MAEPretraining``, which knows the run's length."""
     args = build_parser().parse_args(argv)
     args.demo = args.data is None
     demo = dict(DEMO_DEFAULTS)
@@ -124,10 +137,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             demo.pop(key)
     for defaults in (demo, DEFAULTS) if args.demo else (DEFAULTS,):
         for key, value in defaults.items():
-            if getattr(args, key) is None:
+            if getattr(args, key) is None and key != "warmup_epochs":
                 setattr(args, key, value)
-    check_positive(args, "epochs", "batch_size", "accum_iter", "log_every", "steps", "samples_per_epoch")
+    check_run_length(args)
     return args
+
+
+def default_warmup(args: argparse.Namespace) -> tuple[float, float]:
+    """The default warmup in epochs, and as a fraction of the run (the default schedule's shape)."""
+    defaults = {**DEFAULTS, **(DEMO_DEFAULTS if args.demo else {})}
+    return defaults["warmup_epochs"], defaults["warmup_epochs"] / defaults["epochs"]
+
+
+def check_run_length(args: argparse.Namespace) -> None:
+    """Relations between the flags that need no data: the warmup within the run, --min-lr under the lr."""
+    if args.steps is not None and args.warmup_steps is not None:
+        require(
+            args.warmup_steps < args.steps,
+            f"--warmup-steps {args.warmup_steps} is not shorter than the run (--steps {args.steps}); "
+            "give fewer warmup steps, or leave it unset (a tenth of the run)",
+        )
+    if args.steps is None and args.warmup_steps is None and args.warmup_epochs is not None:
+        require(
+            args.warmup_epochs < args.epochs,
+            f"--warmup-epochs {args.warmup_epochs:g} is not shorter than the run (--epochs {args.epochs}); "
+            "give fewer warmup epochs, or leave it unset",
+        )
+    if args.lr is not None:
+        require(args.min_lr <= args.lr, f"--min-lr {args.min_lr:g} is above the peak --lr {args.lr:g}")
 
 
 class MAEPretraining(TrainLoop):
@@ -139,6 +176,14 @@ class MAEPretraining(TrainLoop):
     def __init__(self, args: argparse.Namespace, dist: Any) -> None:
         super().__init__(args, dist)
         self.precision = resolve_precision(args.precision, self.device)
+        self.effective_batch = args.batch_size * args.accum_iter * dist.world_size
+        self.base_lr = args.lr if args.lr is not None else scaled_lr(args.blr, self.effective_batch)
+        require(
+            args.min_lr <= self.base_lr,
+            f"--min-lr {args.min_lr:g} is above the peak lr {self.base_lr:.3g} "
+            + ("(--lr)" if args.lr is not None else f"(--blr {args.blr:g} x global batch {self.effective_batch} / 256)")
+            + "; lower --min-lr or raise the lr",
+        )
         seed_everything(args.seed + dist.rank)
         if self.device.type == "cuda":  # TF32 matmuls for any fp32 work, tuned convolutions
             torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
@@ -174,7 +219,6 @@ class MAEPretraining(TrainLoop):
             base, 32, self.img_size, self.num_patches, args.seed, args.on_bad_image
         )
 
-        self.effective_batch = args.batch_size * args.accum_iter * dist.world_size
         self.steps_per_epoch = len(base) // (args.batch_size * dist.world_size) // args.accum_iter
         if self.steps_per_epoch == 0:
             raise ValueError(
@@ -182,17 +226,7 @@ class MAEPretraining(TrainLoop):
                 "lower --batch-size or --accum-iter"
             )
         self.total_steps = args.steps if args.steps is not None else self.steps_per_epoch * args.epochs
-        self.warmup_steps = (
-            args.warmup_steps if args.warmup_steps is not None else round(args.warmup_epochs * self.steps_per_epoch)
-        )
-        if self.warmup_steps >= self.total_steps:
-            warnings.warn(
-                f"warmup ({self.warmup_steps} steps) >= the run ({self.total_steps} steps): the lr never reaches "
-                "its peak; set --warmup-steps or --warmup-epochs",
-                stacklevel=2,
-            )
-        self.base_lr = args.lr if args.lr is not None else scaled_lr(args.blr, self.effective_batch)
-
+        self.warmup_steps = self.resolve_warmup()
         self.train_model: nn.Module = self.model
         if args.fsdp:
             self._shard()  # in place: parameters become sharded DTensors with the same names
@@ -206,6 +240,31 @@ class MAEPretraining(TrainLoop):
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         if args.compile:
             self.train_model = torch.compile(self.train_model)
+
+    def resolve_warmup(self) -> int:
+        """Warmup steps: --warmup-steps, else --warmup-epochs, else the default (40 epochs; the demo: 1), unless
+        --steps is given or the default is not shorter than the run: then the default's share of the run (a
+        tenth; the demo: an eighth), recorded as --warmup-steps in args.json and the checkpoints."""
+        args, spe, total = self.args, self.steps_per_epoch, self.total_steps
+        if args.warmup_steps is not None or args.warmup_epochs is not None:
+            warmup = args.warmup_steps if args.warmup_steps is not None else round(args.warmup_epochs * spe)
+            flag = (
+                f"--warmup-steps {warmup}"
+                if args.warmup_steps is not None
+                else f"--warmup-epochs {args.warmup_epochs:g}"
+            )
+            require(
+                warmup < total,
+                f"{flag} ({warmup} steps) is not shorter than the run ({total} steps); give a shorter warmup, or "
+                "leave it unset (a tenth of the run)",
+            )
+            return warmup
+        epochs, share = default_warmup(args)
+        args.warmup_epochs = epochs  # as recorded before runs of a set length derived it
+        warmup = round(epochs * spe)
+        if args.steps is not None or warmup >= total:
+            args.warmup_steps = warmup = round(share * total)
+        return warmup
 
     def _shard(self) -> None:
         """FSDP2: shard every encoder and decoder block, then the rest; bf16 compute when asked."""

@@ -30,6 +30,7 @@ from recipes.linprobe import main as linprobe
 from recipes.pretrain import main as pretrain
 from whitebox.train import BadImageError, FolderInUseError, RunFolder, load_checkpoint_file, read_jsonl
 from whitebox.train import run as run_module
+from whitebox.train.run import OutputFolderError
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--embed-dim", "32", "--depth", "1", "--num-heads", "2", "--no-progress", "--no-tensorboard"]
@@ -413,17 +414,18 @@ def test_a_full_disk_during_a_checkpoint_write_says_so_and_keeps_the_previous_fi
 
 
 # ----------------------------------------------------------------------------- more of the same kinds
-def test_flags_and_files_that_cannot_work_are_named(tmp_path):
+def test_flags_and_files_that_cannot_work_are_named(tmp_path, capsys):
     (tmp_path / "a_file").write_text("x")
-    with pytest.raises(FolderInUseError, match=r"a_file is a file; give a folder"):
+    with pytest.raises(OutputFolderError, match=r"--output .*a_file is a file, not a folder; give a folder"):
         pretrain([*SHORT, "--output", str(tmp_path / "a_file")])
     for flag, value, message in (
-        ("--stop-after", "0", "--stop-after must be positive, got 0"),
-        ("--save-every", "-1", "--save-every must be 0 or more, got -1"),
-        ("--batch-size", "0", "--batch-size must be positive, got 0"),
+        ("--stop-after", "0", "argument --stop-after: must be a whole number > 0, got '0'"),
+        ("--save-every", "-1", "argument --save-every: must be a whole number >= 0, got '-1'"),
+        ("--batch-size", "0", "argument --batch-size: must be a whole number > 0, got '0'"),
     ):
-        with pytest.raises(ValueError, match=message):
+        with pytest.raises(SystemExit):
             pretrain([*SHORT, flag, value, "--output", str(tmp_path / "o")])
+        assert message in capsys.readouterr().err
     (tmp_path / "garbage.npz").write_bytes(b"not a zip archive")
     with pytest.raises(ValueError, match=r"garbage.npz is not a readable .npz of image arrays"):
         pretrain([*SHORT, "--data", str(tmp_path / "garbage.npz"), "--output", str(tmp_path / "g")])
@@ -455,7 +457,8 @@ def test_a_new_run_never_overwrites_an_earlier_one_unless_asked(tmp_path):
 
 
 def test_the_programs_end_a_user_error_with_its_message_not_a_traceback(tmp_path):
-    cmd = [sys.executable, str(ROOT / "recipes" / "pretrain.py"), "--batch-size", "0", "--output", str(tmp_path)]
-    out = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 1 and out.stderr.strip().splitlines()[-1] == "error: --batch-size must be positive, got 0"
+    cmd = [sys.executable, str(ROOT / "recipes" / "pretrain.py"), "--samples-per-epoch", "4", "--batch-size", "8"]
+    out = subprocess.run([*cmd, "--output", str(tmp_path)], env=ENV, capture_output=True, text=True, timeout=120)
+    last = out.stderr.strip().splitlines()[-1]
+    assert out.returncode == 1 and last.startswith("error: ") and "4 samples" in last and "lower --batch-size" in last
     assert "Traceback" not in out.stderr

@@ -9,6 +9,10 @@ line is parsed, before any work starts, and fails with the allowed values in the
 This module itself imports neither torch nor timm, so ``--help`` and argument errors answer at once.
 Relations between flags (``--min-lr`` at most ``--lr``) are checked by the program with
 :func:`require`, which raises ``ValueError`` naming both flags.
+
+A flag that does not define a run (where and how it runs, not what it computes: ``--output``,
+``--workers``, ``--log-every``) says so where it is defined, with :func:`free`; a run may resume
+with another value of it, while any other changed flag is refused unless ``--force-resume``.
 """
 
 from __future__ import annotations
@@ -99,3 +103,23 @@ def require(condition: bool, message: str) -> None:
     """Raise ``ValueError(message)`` unless ``condition``: for relations between flags."""
     if not condition:
         raise ValueError(message)
+
+
+# a seed goes into torch.manual_seed (seed + rank, up to 2**64 - 1), NumPy (seed mod 2**32) and splitmix64
+seed = integer(ge=0, le=2**63 - 1)
+
+# dest names of the flags declared with ``free``; ``whitebox.train.run`` compares every other recorded flag
+FREE_FLAGS: set[str] = set()
+
+
+def free(action: argparse.Action) -> argparse.Action:
+    """Declare the flag ``action`` (what ``add_argument`` returns) as one that does not define a run.
+
+    ``free(group.add_argument("--workers", ...))``: resuming with another ``--workers`` is the same run.
+    """
+    action.defines_run = False  # type: ignore[attr-defined]
+    FREE_FLAGS.add(action.dest)
+    return action
+
+
+__all__ += ["FREE_FLAGS", "free", "seed"]  # what the recipes declare about their flags

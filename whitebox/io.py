@@ -9,6 +9,7 @@ space is left; the previous file is untouched.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -17,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "fsync_dir", "jsonable", "write_json"]
+__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "fsync_dir", "json_line", "jsonable", "write_json"]
 
 
 def _read_umask() -> int:
@@ -79,16 +80,28 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
 
 
 def jsonable(obj: Any) -> Any:
-    """Plain JSON values (paths and other objects as strings)."""
+    """Plain, strict JSON values (RFC 8259): a non-finite float (NaN, +-Infinity, which RFC 8259 has no
+    words for and jq or a browser reject) becomes ``null``, as JavaScript's ``JSON.stringify`` writes it;
+    NumPy and torch scalars become numbers; paths and other objects become strings."""
     if isinstance(obj, dict):
         return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [jsonable(v) for v in obj]
-    if obj is None or isinstance(obj, (bool, int, float, str)):
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if obj is None or isinstance(obj, (bool, int, str)):
         return obj
+    item = getattr(obj, "item", None)  # a NumPy or torch scalar
+    if callable(item) and getattr(obj, "ndim", None) == 0:
+        return jsonable(item())
     return str(obj)
 
 
+def json_line(obj: Any) -> str:
+    """``obj`` as one line of strict JSON (see :func:`jsonable`), without the newline."""
+    return json.dumps(jsonable(obj), allow_nan=False)
+
+
 def write_json(obj: Any, path: str | os.PathLike[str]) -> Path:
-    """``obj`` as indented JSON, atomically."""
-    return atomic_write_text(path, json.dumps(jsonable(obj), indent=2) + "\n")
+    """``obj`` as indented strict JSON (see :func:`jsonable`), atomically."""
+    return atomic_write_text(path, json.dumps(jsonable(obj), indent=2, allow_nan=False) + "\n")

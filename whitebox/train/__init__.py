@@ -19,7 +19,7 @@ from .data import (
 from .distributed import DistInfo, all_reduce_mean, cleanup_distributed, init_distributed
 from .logger import MetricsLogger, read_jsonl
 from .optim import param_groups_weight_decay
-from .run import FolderInUseError, RunFolder, TrainLoop
+from .run import FolderInUseError, NonFiniteError, OutputFolderError, RunFolder, StoppedBySignal, TrainLoop
 from .schedule import scaled_lr, set_lr, warmup_cosine
 
 __all__ = [
@@ -29,9 +29,12 @@ __all__ = [
     "FolderInUseError",
     "MAEAugment",
     "MetricsLogger",
+    "NonFiniteError",
+    "OutputFolderError",
     "ResumableBatchSampler",
     "RunFolder",
     "SeededDataset",
+    "StoppedBySignal",
     "TrainLoop",
     "all_reduce_mean",
     "atomic_save",

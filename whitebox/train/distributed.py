@@ -38,12 +38,25 @@ def resolve_device(device: str | None, local_rank: int = 0) -> torch.device:
     """``'auto'``/``None``: this rank's GPU when CUDA is present, else the CPU."""
     if device in (None, "auto"):
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError("device 'cuda' was asked for but CUDA is not available; use --device cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"--device must be auto, cpu, cuda, cuda:N, mps, xpu or xpu:N, got {device!r}") from None
+    if dev.type in ("cuda", "xpu"):
+        backend = getattr(torch, dev.type)
+        if not backend.is_available():
+            raise ValueError(f"--device {device}: {dev.type.upper()} is not available here; use --device cpu")
         if dev.index is None:
-            dev = torch.device("cuda", local_rank)
+            dev = torch.device(dev.type, local_rank)
+        if dev.index >= backend.device_count():
+            raise ValueError(
+                f"--device {device}: no {dev.type} device {dev.index} (this machine has {backend.device_count()}: "
+                f"{dev.type}:0 to {dev.type}:{backend.device_count() - 1})"
+            )
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {device}: MPS (Apple GPU) is not available here; use --device cpu")
+    elif dev.type not in ("cpu", "mps"):
+        raise ValueError(f"--device must be auto, cpu, cuda, cuda:N, mps, xpu or xpu:N, got {device!r}")
     return dev
 
 

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..io import atomic_write_text
+from ..io import atomic_write_text, json_line
 
 
 def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
@@ -28,6 +28,8 @@ def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
 class MetricsLogger:
     """Appends one JSON object per line to ``metrics.jsonl`` and mirrors scalars to TensorBoard.
 
+    Every line is strict JSON (RFC 8259): a non-finite value is written as ``null`` (``whitebox.io.jsonable``).
+
     A new run starts an empty file. On resume from step ``s``, rows with ``step > s`` (written after
     the checkpoint by a run that then died) are dropped, so the file is the curve of one
     uninterrupted run; ``rows`` instead replaces the file by exactly those rows (the evaluation
@@ -45,7 +47,7 @@ class MetricsLogger:
         self.path = Path(output) / name
         if rows is None:
             rows = [] if resume_step is None else [r for r in read_jsonl(self.path) if r.get("step", 0) <= resume_step]
-        atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in rows))
+        atomic_write_text(self.path, "".join(json_line(r) + "\n" for r in rows))
         self._file = open(self.path, "a")  # noqa: SIM115 - kept open for the run
         self.tb = None
         if tensorboard:
@@ -59,7 +61,7 @@ class MetricsLogger:
     def log(self, row: dict[str, Any]) -> None:
         """Append ``row`` as one JSON line (flushed at once); with TensorBoard, also its numbers as scalars
         at ``row['step']``."""
-        self._file.write(json.dumps(row) + "\n")
+        self._file.write(json_line(row) + "\n")
         self._file.flush()
         if self.tb is not None:
             for k, v in row.items():
@@ -74,12 +76,14 @@ class MetricsLogger:
 
 
 class Progress:
-    """tqdm bar when installed and enabled, else a plain line every log step."""
+    """A tqdm bar (when installed, enabled and ``bar``), else a plain line per metrics row (``--no-progress``)."""
 
-    def __init__(self, total: int, initial: int = 0, enabled: bool = True, desc: str = "train") -> None:
+    def __init__(
+        self, total: int, initial: int = 0, enabled: bool = True, desc: str = "train", bar: bool = True
+    ) -> None:
         self.bar = None
         self.enabled = enabled
-        if enabled:
+        if enabled and bar:
             try:
                 from tqdm import tqdm
 
@@ -92,11 +96,11 @@ class Progress:
             self.bar.update(n)
 
     def set(self, step: int, total: int, **fields: Any) -> None:
-        text = {k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in fields.items()}
+        text = {k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in fields.items() if v is not None}
         if self.bar is not None:
             self.bar.set_postfix(text, refresh=False)
         elif self.enabled:
-            print(f"step {step}/{total} " + " ".join(f"{k}={v}" for k, v in text.items()), file=sys.stderr)
+            print(f"step {step}/{total} " + " ".join(f"{k}={v}" for k, v in text.items()), file=sys.stderr, flush=True)
 
     def close(self) -> None:
         if self.bar is not None:
