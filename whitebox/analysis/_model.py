@@ -27,7 +27,13 @@ def encoder_of(model: nn.Module) -> TokenEncoder:
 
 
 def block_stacks(model: nn.Module) -> dict[str, nn.Sequential]:
-    """``{'encoder': blocks}``, plus ``'decoder'`` for a masked autoencoder."""
+    """``{'encoder': blocks}``, plus ``'decoder'`` for a masked autoencoder, in forward order.
+
+    A model with other stacks declares them itself with ``analysis_stacks() -> {stage: blocks}``.
+    """
+    declared = getattr(model, "analysis_stacks", None)
+    if callable(declared):
+        return dict(declared())
     stacks = {"encoder": encoder_of(model).blocks}
     if isinstance(model, MaskedAutoencoder):
         stacks["decoder"] = model.decoder_blocks

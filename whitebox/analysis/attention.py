@@ -1,10 +1,10 @@
 r"""Attention maps of MSSA, per block and head, upsampled onto the image.
 
 MSSA's attention in head k is ``softmax(w_k w_k^T / sqrt(p))`` with ``w = LN(z) U`` (see
-``SubspaceAttention``). The maps come from the explicit path (``return_attention=True``), run on
-exactly the tokens each block's attention saw during a normal forward pass. Models whose blocks
-do not use ``SubspaceAttention`` (ViT-MAE's timm blocks) are not supported: their fused attention
-exposes no maps.
+``SubspaceAttention``). Each block names the layer whose maps it shows (``probes().maps``, see
+``whitebox.layers.declare``); that layer's ``attention_maps`` is run on exactly the tokens it saw
+during a normal forward pass (MSSA: the explicit path, ``return_attention=True``). Blocks that name
+none (ViT-MAE's timm blocks: their fused attention exposes no maps) are refused by name.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..layers import SubspaceAttention
+from ..layers.declare import AttentionMaps, require
 from ._model import check_block_indices, check_stage, encoder_of, evaluating, image_geometry, run
 from .images import colorize, save_png, tile
 
@@ -53,26 +53,34 @@ def attention_maps(
         raise ValueError(f"upsample must be 'nearest', 'bilinear' or None, got {upsample!r}")
     stack = check_stage(model, stage)
     indices = check_block_indices(stack, blocks, stage)
+    layers = {}
     for i in indices:
-        attn = getattr(stack[i], "attn", None)
-        if not isinstance(attn, SubspaceAttention):
+        layer = require(stack[i], "probes", f"{stage} block {i}", "show the maps of")().maps
+        if layer is None or not callable(getattr(layer, "attention_maps", None)):
             raise TypeError(
-                f"attention maps need MSSA's explicit path; {stage} block {i} of {type(model).__name__} uses "
-                f"{type(attn).__name__}, which is not supported (use a CRATE or CRATE-MAE model)"
+                f"attention maps need a layer that exposes them; {stage} block {i} of {type(model).__name__} "
+                f"({type(stack[i]).__name__}) names none, which is not supported (use a CRATE or CRATE-MAE model)"
             )
+        layers[i] = layer
     grid = image_geometry(model, images)
     skip = encoder_of(model).num_prefix_tokens
     inputs: dict[int, torch.Tensor] = {}
     handles = [
-        stack[i].attn.register_forward_pre_hook(lambda _m, args, i=i: inputs.__setitem__(i, args[0])) for i in indices
+        layers[i].register_forward_pre_hook(lambda _m, args, i=i: inputs.__setitem__(i, args[0])) for i in indices
     ]
     try:
         with evaluating(model):
             run(model, images.to(next(model.parameters()).device), decoder=stage == "decoder")
             maps = []
             for i in indices:
-                _, attn = stack[i].attn(inputs[i], return_attention=True)  # (B, h, N, N)
-                attn = attn[:, :, 0, skip:] if query == "cls" else attn[:, :, skip:, skip:].mean(dim=2)
+                found: AttentionMaps = layers[i].attention_maps(inputs[i])
+                attn = found.maps  # (B, h, Q, N)
+                if found.queries != "tokens":  # rows that are not tokens (memberships, representatives): their mean
+                    attn = attn[..., skip:].mean(dim=2)
+                elif query == "cls":
+                    attn = attn[:, :, 0, skip:]
+                else:
+                    attn = attn[:, :, skip:, skip:].mean(dim=2)
                 maps.append(attn.float().reshape(*attn.shape[:2], *grid))
     finally:
         for h in handles:

@@ -54,7 +54,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..layers import CrateAlphaBlock, CrateBlock, CrateDecoderBlock
+from ..layers.declare import BlockProbes, Probe, require
 from ._model import block_stacks, encoder_of, evaluating, image_geometry, run
 from .images import default_images, normalize_images, render, require_matplotlib, save_png, write_text
 from .measures import _check_tokens, _coding_rate, _compression, _unit_tokens
@@ -221,44 +221,44 @@ class _Recorder:
         return _unit_tokens(t) if self.normalize == "unit" else t.to(torch.float64)
 
     def attach(self, stage: str, index: int, blk: nn.Module) -> None:
-        record: dict[str, torch.Tensor] = {}  # this block's input and mid tokens until its output arrives
+        probes: BlockProbes = require(blk, "probes", f"{stage} block {index}", "analyse")()
+        record: dict[str, torch.Tensor] = {}  # this block's probe points until its output arrives
 
-        def grab(name: str):
-            def hook(_m: nn.Module, args: tuple[Any, ...]) -> None:
-                record[name] = args[0]
-
-            return hook
-
-        def grab_code(_m: nn.Module, _args: tuple[Any, ...], out: torch.Tensor) -> None:
-            record["code"] = out
+        def tap(name: str, probe: Probe) -> None:
+            if probe.module is blk and probe.side == "output":
+                return  # the block output is passed to ``done`` directly
+            if probe.side == "input":
+                hook = probe.module.register_forward_pre_hook(lambda _m, args: record.__setitem__(name, args[0]))
+            else:
+                hook = probe.module.register_forward_hook(lambda _m, _a, out: record.__setitem__(name, out))
+            self.handles.append(hook)
 
         def done(_m: nn.Module, _args: tuple[Any, ...], out: torch.Tensor) -> None:
-            self.rows.append(self.measure(stage, index, blk, record, out))
+            self.rows.append(self.measure(stage, index, probes, record, out))
             record.clear()
 
-        self.handles.append(blk.register_forward_pre_hook(grab("in")))
-        if isinstance(blk, (CrateBlock, CrateDecoderBlock, CrateAlphaBlock)):
-            self.handles.append(blk.norm2.register_forward_pre_hook(grab("mid")))
-        if isinstance(blk, CrateAlphaBlock):  # the sparse code, before the decoding dictionary
-            self.handles.append(blk.ista.code.register_forward_hook(grab_code))
+        if probes.compression is not None:
+            tap("before", probes.compression[0])
+            tap("after", probes.compression[1])
+        if probes.sparse_code is not None:
+            tap("code", probes.sparse_code)
         self.handles.append(blk.register_forward_hook(done))
 
     def measure(
-        self, stage: str, index: int, blk: nn.Module, record: dict[str, torch.Tensor], out: torch.Tensor
+        self, stage: str, index: int, probes: BlockProbes, record: dict[str, torch.Tensor], out: torch.Tensor
     ) -> Row:
         row: Row = dict.fromkeys(COLUMNS)
         row.update(stage=stage, block=index)
-        if isinstance(blk, (CrateBlock, CrateDecoderBlock, CrateAlphaBlock)):
-            # encoder: x -> z (MSSA step); decoder: y -> out (MSSA step); both with this block's U
-            encoder = isinstance(blk, (CrateBlock, CrateAlphaBlock))
-            before, after = (record["in"], record["mid"]) if encoder else (record["mid"], out)
-            u = blk.attn.subspaces().detach()
+        if probes.compression is not None:
+            # before / after the block's compression step (encoder: x -> z; decoder: y -> out), with its U
+            before, after = (record.get(k, out) for k in ("before", "after"))
+            u = probes.subspaces().detach()
             row["compression_in"] = _compression(self.rate_tokens(before), u, self.eps).mean().item()
             c = _compression(self.rate_tokens(after), u, self.eps)
             row["compression"], row["compression_std"] = c.mean().item(), c.std(correction=0).item()
         raw = self.tokens(out)
         r = _coding_rate(self.rate_tokens(raw, checked=True), self.eps)
-        sparse = self.tokens(record["code"]) if "code" in record else raw  # CRATE-alpha: the code, not out
+        sparse = self.tokens(record["code"]) if "code" in record else raw  # e.g. CRATE-alpha: the code, not out
         s = (sparse == 0).to(torch.float64).mean(dim=(-2, -1))  # = sparsity(sparse), per image
         row["coding_rate"], row["coding_rate_std"] = r.mean().item(), r.std(correction=0).item()
         row["sparsity"], row["sparsity_std"] = s.mean().item(), s.std(correction=0).item()

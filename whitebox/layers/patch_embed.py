@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .declare import linear_flops
+
 
 def check_images(x: object, in_chans: int, patch_size: int) -> None:
     """Raise a clear error unless ``x`` is a float (B, C, H, W) batch that tiles into patches."""
@@ -59,6 +61,10 @@ class ConvPatchEmbed(_PatchEmbedBase):
         super().__init__(img_size, patch_size, in_chans)
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
 
+    def flops(self, grid_size: tuple[int, int]) -> dict[str, int]:
+        """One (C p p)-long dot product per output channel and patch: ``2 * patches * d * C * p * p``."""
+        return {"": 2 * grid_size[0] * grid_size[1] * self.proj.weight.numel()}
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(x).flatten(2).transpose(1, 2)
 
@@ -72,6 +78,10 @@ class LinearPatchEmbed(_PatchEmbedBase):
         self.norm_in = nn.LayerNorm(patch_dim)
         self.proj = nn.Linear(patch_dim, embed_dim)
         self.norm_out = nn.LayerNorm(embed_dim)
+
+    def flops(self, grid_size: tuple[int, int]) -> dict[str, int]:
+        """The linear map of every flattened patch (the LayerNorms are element-wise, not counted)."""
+        return {"": linear_flops(self.proj, grid_size[0] * grid_size[1])}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # b c (h p1) (w p2) -> b (h w) (p1 p2 c), with plain reshapes so that FX and torch.export trace it

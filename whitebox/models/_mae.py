@@ -15,6 +15,7 @@ from einops import rearrange
 from timm.models import checkpoint_seq
 from torch import nn
 
+from ..layers.declare import linear_flops, merge, prefixed, require
 from ._encoder import TokenEncoder
 
 
@@ -212,6 +213,22 @@ class MaskedAutoencoder(nn.Module):
         return MAEReconstruction(
             masked=imgs * (1 - mask), reconstruction=recon, pasted=imgs * (1 - mask) + recon * mask, mask=mask
         )
+
+    def flops(self, grid_size: tuple[int, int], features_only: bool = False) -> dict[str, int]:
+        """FLOPs of one masked-reconstruction forward (the encoder's, then ``decoder_embed``,
+        ``decoder.<block component>``, ``decoder_pred`` on every token); ``features_only``: the encoder's.
+
+        The encoder runs on the full sequence, so the count does not depend on the mask ratio.
+        """
+        parts = [self.encoder.flops(grid_size, features_only=True)]
+        if not features_only:
+            n = self.encoder.num_prefix_tokens + grid_size[0] * grid_size[1]
+            if isinstance(self.decoder_embed, nn.Linear):
+                parts.append({"decoder_embed": linear_flops(self.decoder_embed, n)})
+            for i, blk in enumerate(self.decoder_blocks):
+                parts.append(prefixed("decoder", require(blk, "flops", f"decoder block {i}", "count FLOPs of")(n)))
+            parts.append({"decoder_pred": linear_flops(self.decoder_pred, n)})  # the class row is dropped after
+        return merge(*parts)
 
     # ----------------------------------------------------------------------------- backbone interface
     @property

@@ -1,7 +1,7 @@
 """ViT-MAE built from timm blocks in the CRATE-MAE harness: the paper's comparison baseline.
 
 Same masking, full-sequence encoder, loss and interface as ``CrateMAE``; only the blocks differ
-(timm ``Block``: MLP ratio 4, no qkv bias, LayerNorm eps 1e-5, as the official harness builds
+(timm ``Block`` as ``TransformerBlock``: MLP ratio 4, no qkv bias, LayerNorm eps 1e-5, as the official harness builds
 them). The decoder has 8 blocks at the encoder's width (16 heads). The official harness also
 builds an unused ``decoder_embed`` (0.59M in Base); here it exists only when
 ``decoder_embed_dim`` differs from the encoder width, where it is used.
@@ -13,11 +13,11 @@ from typing import Any
 
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.models.vision_transformer import Block
 from torch import nn
 
 from registry import build_model_with_cfg, generate_default_cfgs, register_model
 
+from ..layers import TransformerBlock
 from ._adapt import MAE_UNUSED, adapt_state_dict, check_sincos, clean_state_dict, rename_all
 from ._args import MAX_DEPTH, check_float, check_int, check_width
 from ._encoder import TokenEncoder
@@ -54,7 +54,7 @@ class ViTMAE(MaskedAutoencoder):
         check_float("mlp_ratio", mlp_ratio, 0.0, 64.0, open_low=True)
         super().__init__(embed_dim, norm_pix_loss=norm_pix_loss, mask_ratio=mask_ratio)
         self.encoder = TokenEncoder(
-            block_fn=Block,
+            block_fn=TransformerBlock,
             img_size=img_size,
             patch_size=patch_size,
             in_chans=in_chans,
@@ -74,7 +74,7 @@ class ViTMAE(MaskedAutoencoder):
         )
         self.decoder_blocks = nn.Sequential(
             *[
-                Block(decoder_embed_dim, decoder_num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias)
+                TransformerBlock(decoder_embed_dim, decoder_num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias)
                 for _ in range(decoder_depth)
             ]
         )
