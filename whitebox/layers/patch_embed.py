@@ -8,8 +8,14 @@ from torch import nn
 from .declare import linear_flops
 
 
-def check_images(x: object, in_chans: int, patch_size: int) -> None:
-    """Raise a clear error unless ``x`` is a float (B, C, H, W) batch that tiles into patches."""
+def check_images(x: object, in_chans: int, patch_size: int, dtype: torch.dtype | None = None) -> None:
+    """Raise a clear error unless ``x`` is a float (B, C, H, W) batch that tiles into patches.
+
+    With ``dtype`` (the model's parameter dtype) the images must have that dtype too, unless
+    ``torch.autocast`` is enabled for their device (it casts every product itself): a float16,
+    bfloat16 or float64 batch into a float32 model is a TypeError that says what to do, the same
+    for every family, instead of three different errors from inside the first layer.
+    """
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"expected a torch.Tensor of images (B, C, H, W), got {type(x).__name__}")
     if x.ndim != 4:
@@ -18,6 +24,12 @@ def check_images(x: object, in_chans: int, patch_size: int) -> None:
         raise TypeError(
             f"expected a floating-point image tensor, got {x.dtype}; convert it first, e.g. x.float() / 255 "
             "followed by the model's mean/std normalisation"
+        )
+    if dtype is not None and x.dtype != dtype and not torch.is_autocast_enabled(x.device.type):
+        raise TypeError(
+            f"this model's weights are {dtype} and the images are {x.dtype}: give {dtype} images "
+            f"(images.to({dtype})), convert the model (model.to({x.dtype})), or run it under "
+            f"torch.autocast('{x.device.type}', dtype=...)"
         )
     if x.shape[0] == 0:
         raise ValueError(f"got an empty batch (input shape {tuple(x.shape)}); give at least one image")
@@ -50,8 +62,14 @@ class _PatchEmbedBase(nn.Module):
         """
         if isinstance(x, torch.fx.Proxy):
             return self.grid_size
-        check_images(x, self.in_chans, self.patch_size)
+        check_images(x, self.in_chans, self.patch_size, self.weight_dtype)
         return x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size
+
+    @property
+    def weight_dtype(self) -> torch.dtype | None:
+        """The dtype images must have outside autocast: the projection's."""
+        proj = getattr(self, "proj", None)
+        return None if proj is None else proj.weight.dtype
 
 
 class ConvPatchEmbed(_PatchEmbedBase):
