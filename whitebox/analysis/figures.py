@@ -25,6 +25,7 @@ def reconstruction_grid(
     mean: tuple[float, ...] = IMAGENET_MEAN,
     std: tuple[float, ...] = IMAGENET_STD,
     scale: int = 1,
+    pixel_stats: str = "patch",
 ) -> np.ndarray:
     """A row per image: masked input, reconstruction, visible patches pasted over it, original.
 
@@ -36,6 +37,10 @@ def reconstruction_grid(
         noise: (B, L) masking noise (MAE's argsort convention), overrides ``seed``.
         path: write the grid as a PNG there.
         scale: enlarge each tile by this integer factor (pixel repetition).
+        pixel_stats: how a ``norm_pix_loss`` prediction is un-normalised (see ``MAEReconstruction``):
+            ``'patch'`` (MAE's display convention: each patch's own true mean and std, which for
+            removed patches come from the hidden pixels) or ``'visible'`` (leak-free: removed patches
+            get the average statistics of the visible ones).
 
     Returns:
         uint8 (B * H + pad, 4 * W + pad, 3); removed patches of the masked input show the mean colour.
@@ -49,7 +54,9 @@ def reconstruction_grid(
         noise = torch.rand(images.shape[0], gh * gw, generator=torch.Generator().manual_seed(seed))
     device = next(model.parameters()).device
     with evaluating(model):
-        rec = model.reconstruct(images.to(device), mask_ratio=mask_ratio, noise=noise.to(device))
+        rec = model.reconstruct(
+            images.to(device), mask_ratio=mask_ratio, noise=noise.to(device), pixel_stats=pixel_stats
+        )
     columns = [to_uint8(t, mean, std) for t in (rec.masked, rec.reconstruction, rec.pasted, images)]
     grid = tile([[c[b] for c in columns] for b in range(images.shape[0])], scale=scale)
     if path is not None:
