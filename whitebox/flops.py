@@ -141,22 +141,43 @@ def count_flops(model: nn.Module, img_size: int | tuple[int, int] | None = None,
     return FlopCount(breakdown=out, mode=mode, img_size=size, tokens=n)
 
 
-def main(argv: list[str] | None = None) -> None:
-    import whitebox
-
-    parser = argparse.ArgumentParser(description="Print the analytic FLOP count of a registered model, per image.")
-    parser.add_argument("model", help="a registered model name, e.g. crate_mae_base")
-    parser.add_argument("--img-size", type=int, default=None)
-    parser.add_argument("--mode", choices=MODES, default="train")
-    args = parser.parse_args(argv)
+def main(argv: list[str] | None = None) -> int:
+    """``python -m whitebox.flops MODEL [--img-size N] [--mode forward|features|train]``: print the table."""
     import torch
 
+    import whitebox
+
+    from .cli import integer
+
+    parser = argparse.ArgumentParser(
+        prog="python -m whitebox.flops", description="Print the analytic FLOP count of a registered model, per image."
+    )
+    parser.add_argument("model", help="a registered model name, e.g. crate_mae_base")
+    parser.add_argument(
+        "--img-size", type=integer(gt=0), default=None, help="square image size in pixels (a multiple of the patch)"
+    )
+    parser.add_argument("--mode", choices=MODES, default="train", help="what one image costs (default train)")
+    args = parser.parse_args(argv)
     with torch.device("meta"):  # shapes only: no memory, no initialisation cost
-        model = whitebox.create_model(args.model, **({"img_size": args.img_size} if args.img_size else {}))
+        model = whitebox.create_model(args.model)
+        patch = _patch_embed(model).patch_size
+        if args.img_size is not None and args.img_size % patch:
+            raise ValueError(
+                f"--img-size {args.img_size} is not a multiple of {args.model}'s patch size {patch}; "
+                f"use e.g. {max(patch, args.img_size // patch * patch)} or {(args.img_size // patch + 1) * patch}"
+            )
+        if args.img_size is not None:
+            model = whitebox.create_model(args.model, img_size=args.img_size)
     count = count_flops(model, mode=args.mode)
     print(f"{args.model} {args.mode} at {count.img_size[0]}x{count.img_size[1]} ({count.tokens} tokens), per image")
     print(count.table())
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    try:
+        sys.exit(main())
+    except (ValueError, TypeError, OSError) as err:  # a bad name or size: a message, not a traceback
+        sys.exit(f"error: {err}")
