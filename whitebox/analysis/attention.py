@@ -18,7 +18,7 @@ from torch import nn
 
 from ..layers.declare import AttentionMaps, require
 from ._model import check_block_indices, check_stage, encoder_of, evaluating, image_geometry, run
-from .images import colorize, save_png, tile
+from .images import annotate, colorize, save_png, tile
 
 __all__ = ["attention_figure", "attention_maps"]
 
@@ -109,8 +109,16 @@ def attention_figure(
     alpha: float = 0.6,
     scale: int = 1,
     max_side: int | None = None,
+    labels: bool = True,
+    blocks: list[int] | None = None,
+    title: str | None = None,
 ) -> np.ndarray:
     """One image's maps as a grid: a row per block, the image then one overlay per head.
+
+    With ``labels`` (default) the grid says what it shows: ``image`` / ``head j`` column headers,
+    ``block i`` row labels (``blocks``: the block indices the rows are, 0-based as in the layer-wise
+    table; default 0, 1, ...), an optional ``title``, and the colour scale (each map is scaled to its own
+    range, so the scale runs from that map's minimum to its maximum).
 
     Args:
         image: uint8 (H, W, 3).
@@ -121,7 +129,8 @@ def attention_figure(
         max_side: shrink larger tiles to this longest side first (keeps many-block grids small).
 
     Returns:
-        uint8 (rows * H + pad, (1 + heads) * W + pad, 3); each head map is scaled by its own range.
+        uint8 (rows * H + pad, (1 + heads) * W + pad, 3) without labels (each head map is scaled by its
+        own range); with labels the same grid on a page with margins for them.
     """
     image = np.asarray(image)
     maps = np.asarray(maps)
@@ -138,6 +147,20 @@ def attention_figure(
         maps = F.interpolate(torch.from_numpy(maps.astype(np.float32)), size=size, mode="area").numpy()
     rows = [[image] + [overlay(image, m, alpha) for m in block_maps] for block_maps in maps]
     grid = tile(rows, scale=scale)
+    if labels:
+        if blocks is None:
+            blocks = list(range(len(maps)))
+        if len(blocks) != len(maps):
+            raise ValueError(f"blocks names {len(blocks)} blocks for {len(maps)} rows of maps")
+        grid = annotate(
+            grid,
+            (image.shape[0] * scale, image.shape[1] * scale),
+            2,
+            col_labels=["image"] + [f"head {j}" for j in range(maps.shape[1])],
+            row_labels=[f"block {i}" for i in blocks],
+            title=title,
+            colorbar=("min", "max", "each map scaled to its own range"),
+        )
     if path is not None:
         save_png(grid, path)
     return grid

@@ -10,9 +10,11 @@ from torch import nn
 
 from ..models._mae import MaskedAutoencoder
 from ._model import evaluating, image_geometry
-from .images import IMAGENET_MEAN, IMAGENET_STD, save_png, tile, to_uint8
+from .images import IMAGENET_MEAN, IMAGENET_STD, annotate, save_png, tile, to_uint8
 
-__all__ = ["reconstruction_grid"]
+__all__ = ["COLUMN_TITLES", "reconstruction_grid"]
+
+COLUMN_TITLES = ("masked input", "reconstruction", "visible + reconstructed", "original")
 
 
 def reconstruction_grid(
@@ -26,6 +28,7 @@ def reconstruction_grid(
     std: tuple[float, ...] = IMAGENET_STD,
     scale: int = 1,
     pixel_stats: str = "patch",
+    labels: bool = True,
 ) -> np.ndarray:
     """A row per image: masked input, reconstruction, visible patches pasted over it, original.
 
@@ -42,8 +45,12 @@ def reconstruction_grid(
             removed patches come from the hidden pixels) or ``'visible'`` (leak-free: removed patches
             get the average statistics of the visible ones).
 
+        labels: head the columns (``masked input``, ``reconstruction``, ``visible + reconstructed``,
+            ``original``) and name the rows (``image b``); rows are 8 px apart so images do not run together.
+
     Returns:
-        uint8 (B * H + pad, 4 * W + pad, 3); removed patches of the masked input show the mean colour.
+        uint8 (B * H + gaps, 4 * W + gaps, 3) without labels, on a page with margins for them with labels;
+        removed patches of the masked input show the mean colour.
     """
     if not isinstance(model, MaskedAutoencoder):
         raise TypeError(
@@ -58,7 +65,17 @@ def reconstruction_grid(
             images.to(device), mask_ratio=mask_ratio, noise=noise.to(device), pixel_stats=pixel_stats
         )
     columns = [to_uint8(t, mean, std) for t in (rec.masked, rec.reconstruction, rec.pasted, images)]
-    grid = tile([[c[b] for c in columns] for b in range(images.shape[0])], scale=scale)
+    row_pad = 8 if labels else 2
+    grid = tile([[c[b] for c in columns] for b in range(images.shape[0])], scale=scale, row_pad=row_pad)
+    if labels:
+        grid = annotate(
+            grid,
+            (images.shape[-2] * scale, images.shape[-1] * scale),
+            2,
+            col_labels=COLUMN_TITLES,
+            row_labels=[f"image {b}" for b in range(images.shape[0])],
+            row_pad=row_pad,
+        )
     if path is not None:
         save_png(grid, path)
     return grid

@@ -10,7 +10,8 @@ two steps, and its output, on one forward pass over a batch of images. The colum
 ``compression``    ``R^c`` of the tokens *after* the block's MSSA step, with that block's U
 ``coding_rate``    ``R`` of the block output
 ``sparsity``       fraction of exact zeros in the block output (CRATE-alpha: in the sparse code)
-``l1``             mean l1 norm of a block-output token (CRATE-alpha: of a sparse-code token)
+``l1``             mean l1 norm (sum of absolute values) of a block-output token (CRATE-alpha: of a
+                   sparse-code token): how large the code is whose zeros ``sparsity`` counts
 ``*_std``          standard deviation over the images of the column before it
 =================  =========================================================================
 
@@ -76,6 +77,14 @@ COLUMNS: tuple[str, ...] = (
 
 Row = dict[str, Any]
 
+LEGEND = """\
+Columns: `block` counts from 0 within its stage (encoder, then decoder), as in the plot;
+`compression_in` / `compression` = R^c against the block's subspaces U before / after its compression
+(MSSA) step; `coding_rate` = R of the block output; `sparsity` = fraction of exact zeros in the block
+output (CRATE-alpha: in its sparse code); `l1` = mean l1 norm (sum of absolute values) of one token of
+that output or code; `*_std` = standard deviation over the images; `-` = does not apply (no subspaces).
+"""
+
 
 @dataclass
 class LayerwiseStats:
@@ -138,10 +147,18 @@ class LayerwiseStats:
     def plot(self, path: str | os.PathLike[str] | None = None, title: str | None = None) -> np.ndarray:
         """Compression, sparsity and coding rate against depth, as in the CRATE papers' figures.
 
-        The x axis runs through the encoder blocks and then the decoder blocks (1-based); error bars
-        are the standard deviation over the images. Returns the figure as uint8 (H, W, 3) and writes
-        it as a PNG to ``path`` if given (needs matplotlib).
+        The x axis is the block index within each stage, from 0 as in the table; the encoder and the
+        decoder are separate lines on it (the decoder is not appended to the encoder's axis). Error bars
+        are the standard deviation over the images. Returns the figure as uint8 (H, W, 3) and writes it
+        as a PNG to ``path`` if given (needs matplotlib).
         """
+        image = render(self.figure(title))
+        if path is not None:
+            save_png(image, path)
+        return image
+
+    def figure(self, title: str | None = None) -> Any:
+        """The matplotlib ``Figure`` that ``plot`` renders (three panels; see ``plot``)."""
         require_matplotlib()
         from matplotlib.figure import Figure
         from matplotlib.ticker import MaxNLocator
@@ -153,13 +170,11 @@ class LayerwiseStats:
             ("sparsity", "fraction of zeros in the block output / sparse code", "s"),
             ("coding_rate", r"$R(Z^{\ell+1})$ of the block output", "^"),
         )
-        offset = 0
-        boundaries = []
-        for color, stage in zip(("C0", "C1"), ("encoder", "decoder"), strict=True):
+        stages = list(dict.fromkeys(r["stage"] for r in self.rows))
+        for k, stage in enumerate(stages):
+            color = f"C{k}"
             rows = [r for r in self.rows if r["stage"] == stage]
-            if not rows:
-                continue
-            x = np.arange(len(rows)) + offset + 1
+            x = np.array([r["block"] for r in rows])
             for ax, (name, _, marker) in zip(axes, panels, strict=True):
                 y = np.array([math.nan if r[name] is None else r[name] for r in rows], dtype=float)
                 if np.isnan(y).all():
@@ -170,25 +185,18 @@ class LayerwiseStats:
                 if name == "compression":
                     before = np.array([math.nan if r["compression_in"] is None else r["compression_in"] for r in rows])
                     ax.plot(x, before, linestyle="--", color=color, alpha=0.5, label=f"{stage}, before MSSA")
-            offset += len(rows)
-            boundaries.append(offset + 0.5)
         for ax, (_, ylabel, _) in zip(axes, panels, strict=True):
             if ax.has_data():
                 ax.legend(fontsize=8)
             else:  # e.g. compression of blocks without subspaces
                 ax.text(0.5, 0.5, "not applicable", ha="center", va="center", transform=ax.transAxes)
-            for b in boundaries[:-1]:
-                ax.axvline(b, color="gray", linestyle=":")
-            ax.set_xlabel(r"layer index $\ell$")
+            ax.set_xlabel("block index within its stage (0-based, as in the table)")
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_ylabel(ylabel)
             ax.grid(linestyle="--", color="lightgray")
         if title:
             fig.suptitle(title)
-        image = render(fig)
-        if path is not None:
-            save_png(image, path)
-        return image
+        return fig
 
 
 def _check_normalize(normalize: str) -> str:
@@ -335,7 +343,7 @@ def write_layerwise(stats: LayerwiseStats, folder: str | os.PathLike[str], title
     """``layerwise.md``, ``layerwise.csv`` and ``layerwise.png`` in ``folder`` (each written atomically)."""
     folder = Path(folder)
     return dict(
-        markdown=write_text(stats.to_markdown(), folder / "layerwise.md"),
+        markdown=write_text(stats.to_markdown() + "\n" + LEGEND, folder / "layerwise.md"),
         csv=write_text(stats.to_csv(), folder / "layerwise.csv"),
         plot=save_png(stats.plot(title=title), folder / "layerwise.png"),
     )

@@ -104,11 +104,19 @@ def write_report(
         maps = attention_maps(model, shown, stage="encoder")
         figs = []
         for b in range(len(shown)):
-            attention_figure(pictures[b], maps[b], path=out_dir / f"attention_{b}.png", scale=scale, max_side=112)
+            attention_figure(
+                pictures[b],
+                maps[b],
+                path=out_dir / f"attention_{b}.png",
+                scale=scale,
+                max_side=112,
+                title=f"image {b}: encoder attention of the class token over the patches",
+            )
             figs.append(f'<img src="attention_{b}.png" alt="attention maps of image {b}">')
         sections.append(
             "<h2>Attention maps (encoder, class-token query)</h2><p>A row per encoder block (first at the top): the "
-            "image, then one map per head (MSSA's explicit path, each map scaled by its own range).</p>" + "".join(figs)
+            "image, then one map per head (MSSA's explicit path, each map scaled by its own range); blocks are "
+            "numbered from 0 as in the table.</p>" + "".join(figs)
         )
     else:
         sections.append(
@@ -119,7 +127,9 @@ def write_report(
     depth = len(encoder_blocks)
     pca_blocks = sorted({0, depth // 2, depth - 1})
     pcas = feature_pca(model, shown, stage="encoder", block=pca_blocks)
-    pca_figure(pictures, list(pcas), path=out_dir / "pca.png", scale=scale)
+    pca_figure(
+        pictures, list(pcas), path=out_dir / "pca.png", scale=scale, col_labels=[f"after block {i}" for i in pca_blocks]
+    )
     sections.append(
         "<h2>PCA of patch features</h2><p>The image, then the top three principal components of the patch tokens "
         f"as RGB after encoder blocks {', '.join(str(i) for i in pca_blocks)} (PCA fitted on all shown images).</p>"
@@ -180,7 +190,10 @@ written in {time.perf_counter() - start:.1f} s.</p>
 <h2>Layer-wise measurements</h2>
 <p>compression = R<sup>c</sup> against the block's subspaces U after its MSSA step (compression_in: before it);
 sparsity = fraction of exact zeros in the block output (CRATE-alpha: in its sparse code);
-coding_rate = R of the block output; means over images, *_std their standard deviations.
+coding_rate = R of the block output; l1 = mean l1 norm (sum of absolute values) of one token of the block
+output (CRATE-alpha: of its sparse code), the size of the code the sparsity is measured on;
+means over images, *_std their standard deviations. Blocks are numbered from 0 within each stage
+(encoder, then decoder), in the table and in the plot alike.
 Measured with {html.escape(info)}.
 Files: <a href="layerwise.md">layerwise.md</a>, <a href="layerwise.csv">layerwise.csv</a>.</p>
 {_table_html(stats)}
