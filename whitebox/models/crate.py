@@ -8,7 +8,6 @@ with a convolutional embedding, fixed sin-cos positions and a final LN, is the C
 
 from __future__ import annotations
 
-import re
 from typing import Any, Literal
 
 import torch
@@ -18,9 +17,10 @@ from torch import nn
 from registry import build_model_with_cfg, generate_default_cfgs, register_model
 
 from ..layers import CrateBlock
-from ._adapt import adapt_state_dict, clean_state_dict, prenorm_block, rename_all
+from ._adapt import adapt_state_dict, clean_state_dict
 from ._args import check_float, check_rates
 from ._encoder import GlobalPool, TokenEncoder
+from ._official import crate_mae_official_to_native, crate_official_to_native, is_official_crate, is_official_crate_mae
 
 __all__ = ["CRATE"]
 
@@ -99,41 +99,9 @@ class CRATE(TokenEncoder):
             nn.init.normal_(self.pos_embed)
 
 
-def is_official_crate(state_dict: dict[str, torch.Tensor]) -> bool:
-    return any(k.startswith(("transformer.layers.", "to_patch_embedding.")) for k in state_dict)
-
-
-def crate_official_to_native(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Official supervised CRATE keys (``model/crate.py``: ``to_patch_embedding.{1,2,3}``, ``pos_embedding``,
-    ``transformer.layers.i.{0,1}`` with ``PreNorm``, ``mlp_head.{0,1}``) -> ``CRATE`` keys."""
-    fixed = {
-        "pos_embedding": "pos_embed",
-        "cls_token": "cls_token",
-        "mlp_head.0.weight": "fc_norm.weight",
-        "mlp_head.0.bias": "fc_norm.bias",
-        "mlp_head.1.weight": "head.weight",
-        "mlp_head.1.bias": "head.bias",
-    }
-    embed = {"1": "patch_embed.norm_in", "2": "patch_embed.proj", "3": "patch_embed.norm_out"}
-
-    def rename(k: str) -> str | None:
-        if k in fixed:
-            return fixed[k]
-        if m := re.fullmatch(r"to_patch_embedding\.([123])\.(weight|bias)", k):
-            return f"{embed[m.group(1)]}.{m.group(2)}"
-        if m := re.fullmatch(r"transformer\.layers\.(\d+)\.(.+)", k):
-            leaf = prenorm_block(m.group(2), ("attn", "ista"))
-            return f"blocks.{m.group(1)}.{leaf}" if leaf else None
-        return None
-
-    return rename_all(state_dict, rename, "official CRATE")
-
-
 def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
     """Official supervised CRATE, native, or a CRATE-MAE checkpoint (official or ours: its encoder, for
     fine-tuning and probing) -> ``model``, adapted to its ``num_classes`` / ``in_chans`` / ``img_size``."""
-    from .crate_mae import crate_mae_official_to_native, is_official_crate_mae  # crate_mae imports this module
-
     sd = clean_state_dict(state_dict)
     if is_official_crate(sd):
         sd = crate_official_to_native(sd)

@@ -10,7 +10,6 @@ The two published PyTorch files (B/16, L/14) come from the Hugging Face Hub.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import torch
@@ -20,9 +19,10 @@ from torch import nn
 from registry import build_model_with_cfg, generate_default_cfgs, register_model
 
 from ..layers import CrateAlphaBlock
-from ._adapt import adapt_state_dict, clean_state_dict, prenorm_block, rename_all
+from ._adapt import adapt_state_dict, clean_state_dict
 from ._args import check_float, check_int, check_rates
 from ._encoder import GlobalPool, TokenEncoder
+from ._official import crate_alpha_official_to_native, is_official_crate_alpha
 
 __all__ = ["CrateAlpha"]
 
@@ -113,37 +113,6 @@ class CrateAlpha(TokenEncoder):
         if isinstance(self.head, nn.Linear):
             nn.init.normal_(self.head.weight, std=0.02)
             nn.init.zeros_(self.head.bias)
-
-
-def is_official_crate_alpha(state_dict: dict[str, torch.Tensor]) -> bool:
-    return "conv1.weight" in state_dict or any(k.endswith(".fn.D") for k in state_dict)
-
-
-def crate_alpha_official_to_native(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Official keys (``torch_inference/model/crate_alpha.py``: ``conv1``, ``pos_embedding``, ``cls_token``,
-    ``transformer.layers.i.{0,1}`` with ``PreNorm``, ``mlp_head.{0,1}``) -> ``CrateAlpha`` keys."""
-    fixed = {
-        "conv1.weight": "patch_embed.proj.weight",
-        "conv1.bias": "patch_embed.proj.bias",
-        "pos_embedding": "pos_embed",
-        "cls_token": "cls_token",
-        "mlp_head.0.weight": "fc_norm.weight",
-        "mlp_head.0.bias": "fc_norm.bias",
-        "mlp_head.1.weight": "head.weight",
-        "mlp_head.1.bias": "head.bias",
-    }
-
-    def rename(k: str) -> str | None:
-        if k in fixed:
-            return fixed[k]
-        if m := re.fullmatch(r"transformer\.layers\.(\d+)\.1\.fn\.(D1?)", k):  # the two dictionaries, as named
-            return f"blocks.{m.group(1)}.ista.{m.group(2)}"
-        if m := re.fullmatch(r"transformer\.layers\.(\d+)\.(.+)", k):
-            leaf = prenorm_block(m.group(2), ("attn", "ista"))
-            return f"blocks.{m.group(1)}.{leaf}" if leaf and not leaf.startswith("ista.") else None
-        return None
-
-    return rename_all(state_dict, rename, "official CRATE-alpha")
 
 
 def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:

@@ -10,7 +10,6 @@ and no second copy of the position table are created.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import torch
@@ -20,9 +19,10 @@ from torch import nn
 from registry import build_model_with_cfg, generate_default_cfgs, register_model
 
 from ..layers import CrateDecoderBlock
-from ._adapt import MAE_UNUSED, adapt_state_dict, check_sincos, clean_state_dict, prenorm_block, rename_all
+from ._adapt import adapt_state_dict, check_sincos, clean_state_dict
 from ._args import MAX_DEPTH, check_int, check_width
 from ._mae import MaskedAutoencoder
+from ._official import crate_mae_official_to_native, is_official_crate_mae
 from .crate import CRATE
 
 __all__ = ["CrateMAE"]
@@ -96,34 +96,6 @@ class CrateMAE(MaskedAutoencoder):
         super().init_weights()
         for blk in self.decoder_blocks:  # the official E is not an nn.Linear: it keeps kaiming init
             nn.init.kaiming_uniform_(blk.linear.weight)
-
-
-def is_official_crate_mae(state_dict: dict[str, torch.Tensor]) -> bool:
-    return "blocks.0.layers.0.0.fn.qkv.weight" in state_dict
-
-
-def crate_mae_official_to_native(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Official CRATE-MAE keys (``model/crate_ae/crate_ae.py``: ``MaskedAutoencoderViT`` with ``PreNorm``
-    blocks ``blocks.i.layers.0.{0,1}``, attention then the ISTA dictionary in the encoder, the linear
-    step then attention in the decoder) -> ``CrateMAE`` keys; unused tensors are dropped."""
-
-    def rename(k: str) -> str | None:
-        if k in MAE_UNUSED:
-            return ""
-        if k in ("mask_token", "decoder_norm.weight", "decoder_norm.bias", "decoder_pred.weight", "decoder_pred.bias"):
-            return k
-        if k in ("cls_token", "norm.weight", "norm.bias") or k.startswith("patch_embed."):
-            return f"encoder.{k}"
-        m = re.fullmatch(r"(blocks|decoder_blocks)\.(\d+)\.layers\.0\.(.+)", k)
-        if m is None:
-            return None
-        decoder = m.group(1) == "decoder_blocks"
-        leaf = prenorm_block(m.group(3), ("linear", "attn") if decoder else ("attn", "ista"))
-        if leaf is None:
-            return None
-        return f"decoder_blocks.{m.group(2)}.{leaf}" if decoder else f"encoder.blocks.{m.group(2)}.{leaf}"
-
-    return rename_all(state_dict, rename, "official CRATE-MAE")
 
 
 def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:

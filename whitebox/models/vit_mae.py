@@ -18,10 +18,11 @@ from torch import nn
 from registry import build_model_with_cfg, generate_default_cfgs, register_model
 
 from ..layers import TransformerBlock
-from ._adapt import MAE_UNUSED, adapt_state_dict, check_sincos, clean_state_dict, rename_all
+from ._adapt import adapt_state_dict, check_sincos, clean_state_dict
 from ._args import MAX_DEPTH, check_float, check_int, check_width
 from ._encoder import TokenEncoder
 from ._mae import MaskedAutoencoder
+from ._official import vit_mae_official_to_native
 
 __all__ = ["ViTMAE"]
 
@@ -81,21 +82,6 @@ class ViTMAE(MaskedAutoencoder):
         self.decoder_norm = nn.LayerNorm(decoder_embed_dim, eps=1e-6)
         self.decoder_pred = nn.Linear(decoder_embed_dim, patch_size**2 * in_chans)
         self.init_weights()
-
-
-def vit_mae_official_to_native(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """facebookresearch/mae-style ViT keys (as the CRATE repo's ``mae_vit_*`` builds them) -> ``ViTMAE`` keys."""
-
-    def rename(k: str) -> str | None:
-        if k in MAE_UNUSED:
-            return ""
-        if k == "mask_token" or k.startswith(("decoder_blocks.", "decoder_norm.", "decoder_pred.")):
-            return k
-        if k.startswith(("patch_embed.", "blocks.", "norm.")) or k == "cls_token":
-            return f"encoder.{k}"
-        return None
-
-    return rename_all(state_dict, rename, "official MAE")
 
 
 def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
