@@ -130,6 +130,11 @@ class TokenEncoder(nn.Module):
         self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
 
     # ----------------------------------------------------------------------------- declarations
+    @property
+    def task(self) -> str:
+        """The Hub pipeline tag of what this model does: a classifier, or features without a head."""
+        return "image-classification" if self.num_classes > 0 else "image-feature-extraction"
+
     def flops(self, grid_size: tuple[int, int], features_only: bool = False) -> dict[str, int]:
         """Matrix-product FLOPs of one image with a (gh, gw) patch grid, from each part's own ``flops``.
 

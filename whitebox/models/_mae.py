@@ -260,6 +260,11 @@ class MaskedAutoencoder(nn.Module):
             pixel_stats=pixel_stats if self.norm_pix_loss else None,
         )
 
+    @property
+    def task(self) -> str:
+        """The Hub pipeline tag: a masked autoencoder is a pretrained feature extractor (with a head, a classifier)."""
+        return "image-classification" if self.num_classes > 0 else "image-feature-extraction"
+
     def flops(self, grid_size: tuple[int, int], features_only: bool = False) -> dict[str, int]:
         """FLOPs of one masked-reconstruction forward (the encoder's, then ``decoder_embed``,
         ``decoder.<block component>``, ``decoder_pred`` on every token); ``features_only``: the encoder's.
