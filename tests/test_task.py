@@ -40,3 +40,30 @@ def test_a_new_family_names_its_own_task(tmp_path: Path) -> None:
         del type(model).task
     card = model_card({"architecture": "my_mae_like_classifier", "num_classes": 5}, 10)
     assert "- image-classification\n" in card  # no task given: the head decides, not "mae" in the name
+
+
+def _recipe_checkpoint(tmp_path: Path, name: str) -> Path:
+    import torch
+
+    kwargs = dict(tiny_kwargs(name), lambd=0.5)
+    model = whitebox.create_model(name, **kwargs)
+    path = tmp_path / "checkpoint.pth"
+    torch.save(dict(model=model.state_dict(), model_name=name, model_kwargs=kwargs, step=1, args={}), path)
+    return path
+
+
+def test_a_family_states_its_adaptable_arguments(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The registry knows no MAE argument: CrateMAE's class declares mask_ratio / norm_pix_loss itself."""
+    from registry._factory import ADAPTABLE_ARGS, adaptable_args
+    from whitebox.models import CrateMAE, MaskedAutoencoder
+
+    assert not {"mask_ratio", "norm_pix_loss"} & ADAPTABLE_ARGS
+    assert adaptable_args("crate_mae_tiny") - ADAPTABLE_ARGS == MaskedAutoencoder.adaptable_args
+    assert adaptable_args("crate_tiny") == adaptable_args("no_such_model") == ADAPTABLE_ARGS
+    ckpt = _recipe_checkpoint(tmp_path, "crate_mae_tiny")
+    model = whitebox.create_model(checkpoint_path=ckpt, mask_ratio=0.5, norm_pix_loss=True)
+    assert model.mask_ratio == 0.5 and model.norm_pix_loss
+    with pytest.raises(ValueError, match="lambd=5.0 here"):
+        whitebox.create_model(checkpoint_path=ckpt, lambd=5.0)
+    monkeypatch.setattr(CrateMAE, "adaptable_args", MaskedAutoencoder.adaptable_args | {"lambd"}, raising=False)
+    assert whitebox.create_model(checkpoint_path=ckpt, lambd=5.0).encoder.blocks[0].ista.lambd == 5.0

@@ -8,7 +8,7 @@ token before the positions are added. Masking follows MAE exactly (per-sample ar
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from einops import rearrange
@@ -92,6 +92,9 @@ class MaskedAutoencoder(nn.Module):
     ``decoder_pred``. The backbone interface (``forward_features``, ``forward_head``,
     ``forward_intermediates``, ``reset_classifier`` ...) is the encoder's, on unmasked images.
     """
+
+    adaptable_args: ClassVar[frozenset[str]] = frozenset({"mask_ratio", "norm_pix_loss"})
+    """Arguments a checkpoint may be reloaded with other values of (they change training, not the weights)."""
 
     encoder: TokenEncoder
     decoder_embed: nn.Module
