@@ -14,11 +14,19 @@ from ..models._mae import MaskedAutoencoder, check_mask_ratio
 STAGES = ("encoder", "decoder")
 
 
+BACKBONE = ("patch_embed", "blocks", "num_prefix_tokens", "forward_features")
+
+
 def encoder_of(model: nn.Module) -> TokenEncoder:
-    """The token encoder of a CRATE / ViT-style backbone or a masked autoencoder."""
+    """The token encoder of a CRATE / ViT-style backbone or a masked autoencoder.
+
+    Any other model with the backbone interface the analysis uses (``patch_embed`` with ``img_size``
+    and ``dynamic_grid``, ``blocks``, ``num_prefix_tokens``, ``forward_features``) is its own encoder,
+    so a new family need not subclass ``TokenEncoder``.
+    """
     if isinstance(model, MaskedAutoencoder):
         return model.encoder
-    if isinstance(model, TokenEncoder):
+    if isinstance(model, TokenEncoder) or (isinstance(model, nn.Module) and all(hasattr(model, a) for a in BACKBONE)):
         return model
     raise TypeError(
         "expected a whitebox model (CRATE, CRATE-MAE, ViT-MAE or another TokenEncoder / MaskedAutoencoder), "
