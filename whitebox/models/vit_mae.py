@@ -19,7 +19,7 @@ from registry import build_model_with_cfg, generate_default_cfgs, register_model
 
 from ..layers import TransformerBlock
 from ._adapt import adapt_state_dict, check_sincos, clean_state_dict
-from ._args import MAX_DEPTH, check_float, check_int, check_width
+from ._args import MAX_DEPTH, check_float, check_int, check_width, forwarded, forwards_to
 from ._encoder import TokenEncoder
 from ._mae import MaskedAutoencoder
 from ._official import vit_mae_official_to_native
@@ -27,17 +27,17 @@ from ._official import vit_mae_official_to_native
 __all__ = ["ViTMAE"]
 
 
+@forwards_to(TokenEncoder, fixed=("block_fn", "block_kwargs", "embed_layer", "pos_embed", "final_norm"))
 class ViTMAE(MaskedAutoencoder):
-    """Masked autoencoder with ViT blocks (encoder over the full sequence, as CRATE-MAE's)."""
+    """Masked autoencoder with ViT blocks (encoder over the full sequence, as CRATE-MAE's).
+
+    Keyword arguments only; those not listed in ``__init__`` go to its ``TokenEncoder`` with its
+    defaults (``inspect.signature(ViTMAE)`` lists them all).
+    """
 
     def __init__(
         self,
-        img_size: int | tuple[int, int] = 224,
-        patch_size: int = 16,
-        in_chans: int = 3,
-        embed_dim: int = 768,
-        depth: int = 12,
-        num_heads: int = 12,
+        *,
         decoder_embed_dim: int | None = None,
         decoder_depth: int = 8,
         decoder_num_heads: int = 16,
@@ -46,9 +46,13 @@ class ViTMAE(MaskedAutoencoder):
         norm_pix_loss: bool = False,
         mask_ratio: float = 0.75,
         num_classes: int = 0,
-        global_pool: str = "token",
-        drop_path_rate: float = 0.0,
+        **kwargs: Any,
     ) -> None:
+        embed_dim = forwarded(kwargs, TokenEncoder, "embed_dim")
+        patch_size, in_chans = (
+            forwarded(kwargs, TokenEncoder, "patch_size"),
+            forwarded(kwargs, TokenEncoder, "in_chans"),
+        )
         decoder_embed_dim = embed_dim if decoder_embed_dim is None else decoder_embed_dim
         check_width(decoder_embed_dim, decoder_num_heads)
         check_int("decoder_depth", decoder_depth, 0, MAX_DEPTH)
@@ -56,19 +60,12 @@ class ViTMAE(MaskedAutoencoder):
         super().__init__(embed_dim, norm_pix_loss=norm_pix_loss, mask_ratio=mask_ratio)
         self.encoder = TokenEncoder(
             block_fn=TransformerBlock,
-            img_size=img_size,
-            patch_size=patch_size,
-            in_chans=in_chans,
             num_classes=num_classes,
-            global_pool=global_pool,
-            embed_dim=embed_dim,
-            depth=depth,
-            num_heads=num_heads,
             embed_layer="conv",
             pos_embed="sincos",
             final_norm=True,
-            drop_path_rate=drop_path_rate,
             block_kwargs=dict(mlp_ratio=mlp_ratio, qkv_bias=qkv_bias),
+            **kwargs,
         )
         self.decoder_embed = (
             nn.Linear(embed_dim, decoder_embed_dim) if decoder_embed_dim != embed_dim else nn.Identity()
@@ -113,17 +110,20 @@ default_cfgs = generate_default_cfgs(
 )
 
 
-def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> ViTMAE:
-    return build_model_with_cfg(ViTMAE, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn, **kwargs)
+def _create(variant: str, pretrained: bool, defaults: dict[str, Any], **kwargs: Any) -> ViTMAE:
+    """Every entry point: the variant's ``defaults`` under the caller's ``kwargs``."""
+    return build_model_with_cfg(
+        ViTMAE, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn, **{**defaults, **kwargs}
+    )
 
 
 @register_model
 def vit_mae_base(pretrained: bool = False, **kwargs: Any) -> ViTMAE:
     """ViT-MAE-B/16 twin of CRATE-MAE-B (d 768, 12 heads, 12 encoder + 8 decoder blocks)."""
-    return _create("vit_mae_base", pretrained, **dict(dict(embed_dim=768, depth=12, num_heads=12), **kwargs))
+    return _create("vit_mae_base", pretrained, dict(embed_dim=768, depth=12, num_heads=12), **kwargs)
 
 
 @register_model
 def vit_mae_large(pretrained: bool = False, **kwargs: Any) -> ViTMAE:
     """ViT-MAE-L/16 twin of CRATE-MAE-L (d 1024, 16 heads, 24 encoder + 8 decoder blocks)."""
-    return _create("vit_mae_large", pretrained, **dict(dict(embed_dim=1024, depth=24, num_heads=16), **kwargs))
+    return _create("vit_mae_large", pretrained, dict(embed_dim=1024, depth=24, num_heads=16), **kwargs)
