@@ -169,10 +169,11 @@ def test_attention_figure_names_blocks_heads_and_its_colour_scale(images: torch.
 
 def test_reconstruction_grid_has_column_headers_and_gaps_between_images(images: torch.Tensor) -> None:
     model = tiny("crate_mae_tiny")
-    assert reconstruction_grid(model, images, seed=3).shape[0] >= 3 * 32 + 2 * 8 + 12  # gaps and a header band
+    labelled = reconstruction_grid(model, images, seed=3, labels=True)
+    assert labelled.shape[0] >= 3 * 32 + 2 * 8 + 12  # gaps and a header band
     noise = torch.rand(3, 16, generator=torch.Generator().manual_seed(3))
     raw = reconstruction_grid(model, images, noise=noise, labels=False)
-    labelled = reconstruction_grid(model, images, noise=noise)
+    labelled = reconstruction_grid(model, images, noise=noise, labels=True)
     top, left = _find(labelled, raw[:32])
     for b in range(3):  # each image's row sits 32 + 8 px below the last, on white
         per_image = reconstruction_grid(model, images[b : b + 1], noise=noise[b : b + 1], labels=False)

@@ -28,7 +28,7 @@ def reconstruction_grid(
     std: tuple[float, ...] = IMAGENET_STD,
     scale: int = 1,
     pixel_stats: str = "patch",
-    labels: bool = True,
+    labels: bool = False,
 ) -> np.ndarray:
     """A row per image: masked input, reconstruction, visible patches pasted over it, original.
 
@@ -47,6 +47,7 @@ def reconstruction_grid(
 
         labels: head the columns (``masked input``, ``reconstruction``, ``visible + reconstructed``,
             ``original``) and name the rows (``image b``); rows are 8 px apart so images do not run together.
+            The report draws it with labels; the default (off) keeps the bare grid of earlier versions.
 
     Returns:
         uint8 (B * H + gaps, 4 * W + gaps, 3) without labels, on a page with margins for them with labels;

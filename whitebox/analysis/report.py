@@ -145,6 +145,7 @@ def write_report(
             path=out_dir / "reconstruction.png",
             scale=scale,
             pixel_stats=pixel_stats,
+            labels=True,
         )
         if not model.norm_pix_loss:
             how = "The model predicts pixels directly (no norm_pix_loss)."
