@@ -46,12 +46,16 @@ def _report(tmp_path: Path, *args: str) -> dict:
 
 
 # ------------------------------------------------------------------------------------------- --images kinds
-def test_text_file_is_refused_by_name(tmp_path: Path) -> None:
+def test_text_file_is_refused_by_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     notes = tmp_path / "notes.txt"
     notes.write_text("not an image")
+    monkeypatch.setattr(whitebox, "create_model", None)  # refused before any model is built
     with pytest.raises(ValueError, match=r"--images .*notes.txt is not an image that can be read.*folders of images"):
         main([*BASE, "--out", str(tmp_path / "r"), "--images", str(notes)])
     assert not (tmp_path / "r").exists()  # refused before any file is written
+    for bad in ([], ["samples", str(notes)], [str(tmp_path / "missing")], [str(tmp_path / "none.npz")]):
+        with pytest.raises((ValueError, FileNotFoundError), match="--images"):
+            main([*BASE, "--out", str(tmp_path / "r"), "--images", *bad])
 
 
 def test_broken_image_with_an_image_name_is_refused_by_name(tmp_path: Path) -> None:

@@ -32,7 +32,7 @@ from ..cli import device as device_type
 from ..cli import integer, number
 from .images import normalize_images
 from .report import write_report
-from .sources import read_images
+from .sources import check_specs, read_images
 
 SAMPLE_DATA = (None, "", "samples")
 
@@ -133,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         raise ValueError(f"{args.model} is a file: name the architecture and pass the file as --checkpoint")
     device = _device(args.device)
     model_args = parse_model_args(args.model_args)
+    check_specs(args.images)  # unreadable --images are refused before a model is built
     record = _recipe_record(args.checkpoint)
     trained_on = record.get("data")
     if args.images is None and trained_on not in SAMPLE_DATA:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["DEFAULT_MAX_IMAGES", "IMAGE_EXTENSIONS", "ImageSource", "read_images"]
+__all__ = ["DEFAULT_MAX_IMAGES", "IMAGE_EXTENSIONS", "ImageSource", "check_specs", "read_images"]
 
 DEFAULT_MAX_IMAGES = 256  # folders and packs: the first 256 unless --num-images says otherwise
 IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".pgm", ".png", ".ppm", ".tif", ".tiff", ".webp")
@@ -108,6 +108,35 @@ def _folder(path: Path) -> list[Path]:
             f"--images {path}: the folder holds no image files ({', '.join(IMAGE_EXTENSIONS)}), also in sub-folders"
         )
     return files
+
+
+def check_specs(specs: list[str] | None) -> None:
+    """Refuse, before any model is built, ``--images`` values that cannot be read: missing paths, empty
+    folders, packs without images, files that are not images (their headers are read, not decoded)."""
+    from PIL import Image, UnidentifiedImageError
+
+    if specs is None or specs == ["samples"]:
+        return
+    if not specs:
+        raise ValueError(f"--images was given without a value; {ALLOWED}")
+    for spec in specs:
+        if spec == "samples":
+            raise ValueError("--images samples (the bundled photos) cannot be mixed with other images")
+        path = Path(spec)
+        if spec.endswith(".npz") or ".npz:" in spec:
+            _Pack(spec)
+        elif path.is_dir():
+            _folder(path)
+        elif path.is_file():
+            try:
+                with Image.open(path):
+                    pass
+            except (UnidentifiedImageError, OSError, ValueError) as err:
+                raise ValueError(
+                    f"--images {spec} is not an image that can be read ({type(err).__name__}: {err}); {ALLOWED}"
+                ) from None
+        else:
+            raise FileNotFoundError(f"--images {spec}: no such file or folder")
 
 
 def read_images(specs: list[str] | None, size: int, count: int | None = None) -> ImageSource:
