@@ -145,3 +145,13 @@ def test_mask_with_is_causal_is_refused_on_both_paths() -> None:
     causal = torch.ones(N, N, dtype=torch.bool).tril()  # the supported spelling of both
     fused, explicit, _ = _both(layer, x, attn_mask=causal & _fully_masked_rows_bool())
     torch.testing.assert_close(fused, explicit, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["float (B, H, N, N) with -inf", "float fully-masked row", "bool (B, 1, N, N)"])
+def test_float32_masks_under_bf16_autocast_as_sdpa_takes_them(kind: str) -> None:
+    """Autocast casts SDPA's inputs, the mask included: a float32 mask is taken on both paths, and agrees."""
+    layer, x, mask = _layer(), torch.randn(B, N, D), MASKS[kind]()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        fused, explicit, _ = _both(layer, x, attn_mask=mask)
+    assert fused.dtype == explicit.dtype == torch.bfloat16 and not explicit.isnan().any()
+    torch.testing.assert_close(fused.float(), explicit.float(), rtol=0.05, atol=0.05)

@@ -11,8 +11,11 @@ from torch import nn
 from .declare import AttentionMaps, linear_flops
 
 
-def check_attn_mask(attn_mask: object, w: torch.Tensor, is_causal: bool) -> None:
-    """Refuse, by name, a mask ``scaled_dot_product_attention`` would not take for tokens ``w`` (B, h, N, p)."""
+def check_attn_mask(attn_mask: object, w: torch.Tensor, is_causal: bool) -> torch.Tensor:
+    """The mask as both paths use it, or a named refusal of a mask SDPA would not take for ``w`` (B, h, N, p).
+
+    Under ``torch.autocast`` a float mask is cast to the tokens' dtype, as autocast casts SDPA's inputs.
+    """
     if is_causal:
         raise ValueError(
             "give attn_mask or is_causal=True, not both (as scaled_dot_product_attention); "
@@ -20,6 +23,8 @@ def check_attn_mask(attn_mask: object, w: torch.Tensor, is_causal: bool) -> None
         )
     if not isinstance(attn_mask, torch.Tensor):
         raise TypeError(f"attn_mask must be a torch.Tensor or None, got {type(attn_mask).__name__}")
+    if attn_mask.is_floating_point() and attn_mask.dtype != w.dtype and torch.is_autocast_enabled(w.device.type):
+        attn_mask = attn_mask.to(w.dtype)
     if attn_mask.dtype != torch.bool and attn_mask.dtype != w.dtype:
         raise TypeError(
             f"attn_mask must be bool (True = attend) or additive with the tokens' dtype {w.dtype} "
@@ -32,6 +37,7 @@ def check_attn_mask(attn_mask: object, w: torch.Tensor, is_causal: bool) -> None
             f"attn_mask of shape {shape} does not broadcast to (batch, heads, N, N) = {(b, h, n, n)}: give 2 to 4 "
             f"dimensions, e.g. (N, N), (B, 1, N, N), (B, heads, N, N) or (1, 1, 1, N)"
         )
+    return attn_mask
 
 
 class SubspaceAttention(nn.Module):
@@ -111,7 +117,8 @@ class SubspaceAttention(nn.Module):
         """Apply MSSA to ``x`` (B, N, d); with ``return_attention`` also return (B, h, N, N).
 
         ``attn_mask`` follows ``scaled_dot_product_attention``: boolean (True = attend) or additive
-        with the tokens' float dtype (``-inf`` = never attend), of 2 to 4 dimensions broadcastable to
+        with the tokens' float dtype (any float dtype under autocast, which casts it; ``-inf`` = never
+        attend), of 2 to 4 dimensions broadcastable to
         (B, h, N, N) ((N, N), (B, 1, N, N), (B, h, N, N), (1, 1, 1, N) ...); ``is_causal`` lets token i
         attend to tokens <= i only, and like SDPA it cannot be combined with ``attn_mask``. A query
         row that may attend to nothing (fully masked) gives zero attention and a zero mix, as SDPA
@@ -124,7 +131,7 @@ class SubspaceAttention(nn.Module):
         """
         w = self.qkv(x).unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2)  # b n (h p) -> b h n p
         if attn_mask is not None and not isinstance(w, torch.fx.Proxy):
-            check_attn_mask(attn_mask, w, is_causal)
+            attn_mask = check_attn_mask(attn_mask, w, is_causal)
         attn = None
         if self.fused_attn and not return_attention:
             drop = self.attn_drop.p if self.training else 0.0
