@@ -39,7 +39,9 @@ def attention_maps(
         stage: ``'encoder'`` or ``'decoder'`` (masked autoencoders only).
         blocks: block indices of that stage (``None``: all; negative counts from the end).
         query: ``'cls'`` (the class token's attention, as in the CRATE and DINO figures) or
-            ``'mean'`` (the attention a patch receives, averaged over all patch queries).
+            ``'mean'`` (the attention a patch receives, averaged over all patch queries). Layers whose
+            maps have no class-token row (``num_prefix_tokens=0``) or rows that are not tokens
+            (memberships, representatives) show the mean over their rows for either.
         upsample: ``'nearest'`` or ``'bilinear'`` to the image size, or ``None`` for the patch grid.
 
     Returns:
@@ -63,7 +65,7 @@ def attention_maps(
             )
         layers[i] = layer
     grid = image_geometry(model, images)
-    skip = encoder_of(model).num_prefix_tokens
+    prefix = encoder_of(model).num_prefix_tokens
     inputs: dict[int, torch.Tensor] = {}
     handles = [
         layers[i].register_forward_pre_hook(lambda _m, args, i=i: inputs.__setitem__(i, args[0])) for i in indices
@@ -75,9 +77,10 @@ def attention_maps(
             for i in indices:
                 found: AttentionMaps = layers[i].attention_maps(inputs[i])
                 attn = found.maps  # (B, h, Q, N)
+                skip = prefix if found.num_prefix_tokens is None else found.num_prefix_tokens
                 if found.queries != "tokens":  # rows that are not tokens (memberships, representatives): their mean
                     attn = attn[..., skip:].mean(dim=2)
-                elif query == "cls":
+                elif query == "cls" and skip > 0:
                     attn = attn[:, :, 0, skip:]
                 else:
                     attn = attn[:, :, skip:, skip:].mean(dim=2)

@@ -216,8 +216,9 @@ def default_model_images(model: nn.Module, count: int | None = None) -> torch.Te
 class _Recorder:
     """Forward hooks that measure each block as soon as it has run (nothing is kept but numbers)."""
 
-    def __init__(self, eps: float, normalize: str, skip: int) -> None:
-        self.eps, self.normalize, self.skip = eps, normalize, skip
+    def __init__(self, eps: float, normalize: str, include_class_token: bool, prefix: int) -> None:
+        self.eps, self.normalize, self.include, self.prefix = eps, normalize, include_class_token, prefix
+        self.skip = 0  # leading tokens left out of the block being measured
         self.rows: list[Row] = []
         self.handles: list[Any] = []
 
@@ -257,6 +258,8 @@ class _Recorder:
     ) -> Row:
         row: Row = dict.fromkeys(COLUMNS)
         row.update(stage=stage, block=index)
+        prefix = self.prefix if probes.num_prefix_tokens is None else probes.num_prefix_tokens
+        self.skip = 0 if self.include else prefix
         if probes.compression is not None:
             # before / after the block's compression step (encoder: x -> z; decoder: y -> out), with its U
             before, after = (record.get(k, out) for k in ("before", "after"))
@@ -309,7 +312,7 @@ def layerwise_stats(
         images = default_model_images(model)
     image_geometry(model, images)
     encoder = encoder_of(model)
-    recorder = _Recorder(float(eps), normalize, 0 if include_class_token else encoder.num_prefix_tokens)
+    recorder = _Recorder(float(eps), normalize, include_class_token, encoder.num_prefix_tokens)
     stacks = block_stacks(model)
     try:
         for stage, blocks in stacks.items():

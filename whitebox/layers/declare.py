@@ -48,12 +48,16 @@ class BlockProbes:
         sparse_code: tokens whose sparsity and l1 are measured; ``None``: the block output.
         maps: a layer defining ``attention_maps(x) -> AttentionMaps`` (x: its input during the forward);
             ``None``: the block has no maps to show.
+        num_prefix_tokens: leading non-patch tokens (class token ...) in the tokens this block sees;
+            ``None``: the model's ``num_prefix_tokens`` (set it, e.g. to 0, for blocks that see patch
+            tokens only, as ToST's TSSA layers).
     """
 
     compression: tuple[Probe, Probe] | None = None
     subspaces: Callable[[], torch.Tensor] | None = None
     sparse_code: Probe | None = None
     maps: nn.Module | None = None
+    num_prefix_tokens: int | None = None
 
     def __post_init__(self) -> None:
         if self.compression is not None and self.subspaces is None:
@@ -69,11 +73,14 @@ class AttentionMaps:
         queries: ``'tokens'``: Q == N and row i is what token i attends to (MSSA's softmax);
             ``'other'``: rows that are not tokens (e.g. memberships, Q = 1; representatives, Q = m).
         name: what the maps are (``'attention'``, ``'membership'``, ``'contraction'``), for titles.
+        num_prefix_tokens: leading non-patch tokens among the N (the class token ...); ``None``: the
+            model's ``num_prefix_tokens``. The pictures keep the patch tokens only.
     """
 
     maps: torch.Tensor
     queries: Literal["tokens", "other"] = "tokens"
     name: str = "attention"
+    num_prefix_tokens: int | None = None
 
 
 def linear_flops(layer: nn.Linear, rows: int) -> int:
