@@ -128,14 +128,6 @@ def test_probe_and_probes_check_themselves() -> None:
 class PatchesOnly(Declared):
     """A block whose mixing layer sees the patch tokens only (as ToST's TSSA layers): 0 prefix tokens there."""
 
-    def __init__(self, dim: int, heads: int = 4) -> None:
-        super().__init__(dim, heads)
-        self.mix.attention_maps = self._maps
-
-    def _maps(self, x: torch.Tensor) -> AttentionMaps:
-        maps = Memberships.attention_maps(self.mix, x)
-        return AttentionMaps(maps.maps, queries="other", name="membership", num_prefix_tokens=0)
-
     def probes(self) -> BlockProbes:
         return BlockProbes(maps=self.mix, num_prefix_tokens=0, sparse_code=Probe(self.mix, "output"))
 
@@ -146,7 +138,8 @@ class PatchesOnly(Declared):
 def test_blocks_that_see_patch_tokens_only_declare_it(images: torch.Tensor) -> None:
     model = _tiny("crate_tiny")
     model.blocks[0] = PatchesOnly(64)
-    maps = attention_maps(model, images, blocks=0, upsample=None)  # 16 patch keys, none dropped
+    maps, names = attention_maps(model, images, blocks=0, upsample=None, return_names=True)  # 16 keys kept
+    assert names == ["membership"]
     x = model.embed(images)
     pi = model.blocks[0].mix.attention_maps(x[:, 1:]).maps[:, :, 0]
     torch.testing.assert_close(torch.from_numpy(maps[:, 0]), pi.reshape(2, 4, 4, 4).detach())

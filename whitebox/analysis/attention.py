@@ -30,8 +30,12 @@ def attention_maps(
     blocks: int | list[int] | None = None,
     query: str = "cls",
     upsample: str | None = "nearest",
-) -> np.ndarray:
+    return_names: bool = False,
+) -> np.ndarray | tuple[np.ndarray, list[str]]:
     """Attention of a query over the patch tokens, for every chosen block and head.
+
+    With ``return_names`` also returns what each block's maps are (``AttentionMaps.name``:
+    ``'attention'`` for MSSA, ``'membership'`` ... for other families), for titles.
 
     Args:
         model: a CRATE or CRATE-MAE model (blocks with ``SubspaceAttention``).
@@ -55,9 +59,11 @@ def attention_maps(
         raise ValueError(f"upsample must be 'nearest', 'bilinear' or None, got {upsample!r}")
     stack = check_stage(model, stage)
     indices = check_block_indices(stack, blocks, stage)
-    layers = {}
+    layers, prefixes = {}, {}
     for i in indices:
-        layer = require(stack[i], "probes", f"{stage} block {i}", "show the maps of")().maps
+        probes = require(stack[i], "probes", f"{stage} block {i}", "show the maps of")()
+        layer = probes.maps
+        prefixes[i] = probes.num_prefix_tokens
         if layer is None or not callable(getattr(layer, "attention_maps", None)):
             raise TypeError(
                 f"attention maps need a layer that exposes them; {stage} block {i} of {type(model).__name__} "
@@ -73,11 +79,14 @@ def attention_maps(
     try:
         with evaluating(model):
             run(model, images.to(next(model.parameters()).device), decoder=stage == "decoder")
-            maps = []
+            maps, names = [], []
             for i in indices:
                 found: AttentionMaps = layers[i].attention_maps(inputs[i])
+                names.append(found.name)
                 attn = found.maps  # (B, h, Q, N)
-                skip = prefix if found.num_prefix_tokens is None else found.num_prefix_tokens
+                # leading non-patch keys: as the maps say, else as the block says, else the model's
+                declared = found.num_prefix_tokens if found.num_prefix_tokens is not None else prefixes[i]
+                skip = prefix if declared is None else declared
                 if found.queries != "tokens":  # rows that are not tokens (memberships, representatives): their mean
                     attn = attn[..., skip:].mean(dim=2)
                 elif query == "cls" and skip > 0:
@@ -94,7 +103,8 @@ def attention_maps(
         size = tuple(images.shape[-2:])
         kwargs = {"align_corners": False} if upsample == "bilinear" else {}
         out = F.interpolate(out.flatten(0, 1), size=size, mode=upsample, **kwargs).reshape(b, nb, nh, *size)
-    return out.clamp(0, 1).cpu().numpy()
+    result = out.clamp(0, 1).cpu().numpy()
+    return (result, names) if return_names else result
 
 
 def overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.6, cmap: str = "inferno") -> np.ndarray:

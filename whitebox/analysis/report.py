@@ -101,7 +101,13 @@ def write_report(
     encoder_blocks = stacks["encoder"]
 
     if _has_maps(encoder_blocks):
-        maps = attention_maps(model, shown, stage="encoder")
+        maps, names = attention_maps(model, shown, stage="encoder", return_names=True)
+        kinds = sorted(set(names))
+        what = (
+            "attention of the class token over the patches"
+            if kinds == ["attention"]
+            else f"{' / '.join(kinds)} of each patch (mean over the layer's rows)"
+        )
         figs = []
         for b in range(len(shown)):
             attention_figure(
@@ -110,13 +116,13 @@ def write_report(
                 path=out_dir / f"attention_{b}.png",
                 scale=scale,
                 max_side=112,
-                title=f"image {b}: encoder attention of the class token over the patches",
+                title=f"image {b}: encoder {what}",
             )
             figs.append(f'<img src="attention_{b}.png" alt="attention maps of image {b}">')
         sections.append(
-            "<h2>Attention maps (encoder, class-token query)</h2><p>A row per encoder block (first at the top): the "
-            "image, then one map per head (MSSA's explicit path, each map scaled by its own range); blocks are "
-            "numbered from 0 as in the table.</p>" + "".join(figs)
+            f"<h2>Attention maps (encoder: {html.escape(what)})</h2><p>A row per encoder block (first at the "
+            "top): the image, then one map per head (each map scaled by its own range); blocks are numbered "
+            "from 0 as in the table.</p>" + "".join(figs)
         )
     else:
         sections.append(

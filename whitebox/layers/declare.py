@@ -48,9 +48,9 @@ class BlockProbes:
         sparse_code: tokens whose sparsity and l1 are measured; ``None``: the block output.
         maps: a layer defining ``attention_maps(x) -> AttentionMaps`` (x: its input during the forward);
             ``None``: the block has no maps to show.
-        num_prefix_tokens: leading non-patch tokens (class token ...) in the tokens this block sees;
-            ``None``: the model's ``num_prefix_tokens`` (set it, e.g. to 0, for blocks that see patch
-            tokens only, as ToST's TSSA layers).
+        num_prefix_tokens: leading non-patch tokens (class token ...) in the tokens this block (and its
+            maps layer) sees; ``None``: the model's ``num_prefix_tokens`` (set it, e.g. to 0, for blocks
+            that see patch tokens only, as ToST's TSSA blocks).
     """
 
     compression: tuple[Probe, Probe] | None = None
@@ -74,7 +74,7 @@ class AttentionMaps:
             ``'other'``: rows that are not tokens (e.g. memberships, Q = 1; representatives, Q = m).
         name: what the maps are (``'attention'``, ``'membership'``, ``'contraction'``), for titles.
         num_prefix_tokens: leading non-patch tokens among the N (the class token ...); ``None``: the
-            model's ``num_prefix_tokens``. The pictures keep the patch tokens only.
+            block's ``BlockProbes.num_prefix_tokens``, else the model's. The pictures keep the patches only.
     """
 
     maps: torch.Tensor
