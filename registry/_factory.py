@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import typing
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -37,11 +38,23 @@ from ._records import (
     resolve_pretrained_cfg,
 )
 
-# arguments a checkpoint's own may differ from: they adapt the weights or only change training behaviour
+# arguments any model's checkpoint may differ from: they adapt the weights or only change training behaviour;
+# a family adds its own as ``adaptable_args`` on its model class (see ``adaptable_args``)
 ADAPTABLE_ARGS = frozenset(
-    {"num_classes", "global_pool", "img_size", "in_chans", "dynamic_img_size", "fused_attn", "mask_ratio"}
-    | {"norm_pix_loss", "drop_rate", "pos_drop_rate", "attn_drop_rate", "proj_drop_rate", "drop_path_rate"}
+    {"num_classes", "global_pool", "img_size", "in_chans", "dynamic_img_size", "fused_attn"}
+    | {"drop_rate", "pos_drop_rate", "attn_drop_rate", "proj_drop_rate", "drop_path_rate"}
 )
+
+
+def adaptable_args(model_name: str) -> frozenset[str]:
+    """``ADAPTABLE_ARGS`` plus the ``adaptable_args`` the family's model class declares (the class its
+    registered entrypoint says it returns), e.g. a masked autoencoder's ``mask_ratio``."""
+    try:
+        entry = timm.models.model_entrypoint(timm.models.get_arch_name(model_name))
+        cls = typing.get_type_hints(entry).get("return")
+    except (KeyError, RuntimeError, NameError, TypeError):  # unknown name, or a return type that does not resolve
+        cls = None
+    return ADAPTABLE_ARGS | frozenset(getattr(cls, "adaptable_args", ()))
 
 
 def _check_kwargs(model_cls: Callable[..., nn.Module], kwargs: dict[str, Any], variant: str) -> None:
@@ -172,7 +185,8 @@ def checkpoint_model(obj: Any, path: str, model_name: str | None, kwargs: dict[s
     if model_name is not None and timm.models.get_arch_name(model_name) != timm.models.get_arch_name(recorded):
         return model_name, kwargs  # another architecture takes what it can (a CRATE from a CRATE-MAE encoder)
     saved = dict(obj.get("model_kwargs") or {})
-    clash = {k: (v, saved[k]) for k, v in kwargs.items() if k in saved and k not in ADAPTABLE_ARGS and v != saved[k]}
+    free = adaptable_args(recorded)
+    clash = {k: (v, saved[k]) for k, v in kwargs.items() if k in saved and k not in free and v != saved[k]}
     if clash:
         named = "; ".join(f"{k}={mine!r} here, {k}={theirs!r} in the checkpoint" for k, (mine, theirs) in clash.items())
         raise ValueError(f"{path} was trained as {recorded!r} with other arguments: {named}")

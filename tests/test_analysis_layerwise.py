@@ -24,6 +24,7 @@ from whitebox.analysis import (
     sparsity,
     unit_tokens,
 )
+from whitebox.analysis.layerwise import write_layerwise
 from whitebox.sample_images import sample_batch
 
 
@@ -193,3 +194,17 @@ def test_brief_training_makes_ista_sparser_on_cifar(one_thread) -> None:
     at_init = _encoder_sparsity(model, held_out)
     _train(model, train, steps=60, batch=32, seed=0)
     assert _encoder_sparsity(model, held_out) > at_init + 0.02  # measured on images it never saw
+
+
+def test_plot_numbers_blocks_as_the_table_and_keeps_stages_apart(images: torch.Tensor, tmp_path: Path) -> None:
+    """Table and plot both count blocks from 0 within a stage; the decoder does not continue the encoder's axis."""
+    stats = layerwise_stats(tiny("crate_mae_tiny"), images)
+    fig = stats.figure()
+    for ax in fig.axes:
+        lines = {line.get_label(): list(line.get_xdata()) for line in ax.lines}
+        assert lines["encoder"] == stats.column("block", "encoder") == [0, 1]
+        assert lines["decoder"] == stats.column("block", "decoder") == [0, 1]
+        assert "0-based, as in the table" in ax.get_xlabel()
+    files = write_layerwise(stats, tmp_path)
+    text = files["markdown"].read_text()
+    assert "`l1` = mean l1 norm" in text and "counts from 0 within its stage" in text

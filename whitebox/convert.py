@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 
@@ -23,6 +24,13 @@ def main(argv: list[str] | None = None) -> int:
         "--model-args", default="{}", help="JSON object of model arguments, e.g. '{\"lambd\": 5.0}' (over the tag's)"
     )
     args = parser.parse_args(argv)
+    source, outdir = Path(args.checkpoint), Path(args.outdir)
+    if source.is_dir():
+        raise ValueError(f"checkpoint {source} is a folder; give the checkpoint file itself (e.g. {source}/model.pth)")
+    if not source.is_file():
+        raise FileNotFoundError(f"checkpoint {source}: no such file")
+    if outdir.exists() and not outdir.is_dir():
+        raise ValueError(f"outdir {outdir} exists and is not a folder; name a folder to write the saved model into")
 
     import whitebox
     from registry import sha256_file
@@ -32,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     except json.JSONDecodeError as err:
         parser.error(f"--model-args is not valid JSON: {err}")
     if not isinstance(model_args, dict):
-        parser.error("--model-args must be a JSON object")
+        parser.error(f"--model-args must be a JSON object of model arguments, got a {type(model_args).__name__}")
     model = whitebox.create_model(
         args.model, pretrained=True, pretrained_cfg_overlay=dict(file=str(args.checkpoint)), **model_args
     )
@@ -43,4 +51,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from registry import UnsafeCheckpointError
+
+    try:
+        sys.exit(main())
+    except (ValueError, TypeError, OSError, UnsafeCheckpointError) as err:  # bad input: a message, no traceback
+        sys.exit(f"error: {err}")

@@ -22,6 +22,11 @@ Conventions (the ones model-FLOPs utilisation is usually stated in):
   ``3 F - patch_embed``, because images need no gradient; fused attention kernels also recompute
   the scores in the backward (hardware FLOPs that model FLOPs do not count).
 
+Every part states its own count (``flops(num_tokens)`` on blocks and layers, ``flops(grid_size)`` on
+patch embeddings, ``flops(grid_size, features_only)`` on models: see ``whitebox.layers.declare``); this
+module only sums them, so a new family needs no edit here, and a block that states nothing is a
+``TypeError`` that names it.
+
 ``count_flops(model, img_size, mode)`` returns a ``FlopCount`` whose ``breakdown`` maps components
 (``encoder.attn.qkv``, ``encoder.ista``, ``decoder.mlp`` ...) to FLOPs and sums to ``total``.
 ``python -m whitebox.flops crate_mae_base --img-size 224`` prints the table.
@@ -30,23 +35,10 @@ Conventions (the ones model-FLOPs utilisation is usually stated in):
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
 from torch import nn
-
-from .layers import (
-    ISTA,
-    ConvPatchEmbed,
-    CrateAlphaBlock,
-    CrateBlock,
-    CrateDecoderBlock,
-    LinearPatchEmbed,
-    OvercompleteISTA,
-    SubspaceAttention,
-)
-from .models import MaskedAutoencoder, TokenEncoder
 
 Mode = Literal["forward", "features", "train"]
 MODES = ("forward", "features", "train")
@@ -95,82 +87,20 @@ def format_flops(flops: float) -> str:
 
 
 # --------------------------------------------------------------------------------------------- pieces
-def _linear(m: nn.Linear, rows: int) -> int:
-    return 2 * rows * m.in_features * m.out_features
-
-
-def _linears(modules: Iterable[nn.Module], rows: int) -> int:
-    return sum(_linear(m, rows) for m in modules if isinstance(m, nn.Linear))
-
-
-def _add(out: dict[str, int], key: str, flops: int) -> None:
-    if flops:
-        out[key] = out.get(key, 0) + flops
-
-
-def _attention(attn: nn.Module, n: int, prefix: str, out: dict[str, int]) -> None:
-    """qkv / scores / values / proj of one attention layer on n tokens."""
-    if isinstance(attn, SubspaceAttention):
-        attn_dim = attn.qkv.out_features  # q = k = v = w, all heads together
-        _add(out, f"{prefix}.qkv", _linear(attn.qkv, n))
-        _add(out, f"{prefix}.proj", _linear(attn.proj, n))
-    elif hasattr(attn, "qkv") and hasattr(attn, "num_heads") and hasattr(attn, "head_dim"):  # timm Attention
-        attn_dim = attn.num_heads * attn.head_dim
-        _add(out, f"{prefix}.qkv", _linear(attn.qkv, n))
-        others = [m for name, m in attn.named_modules() if isinstance(m, nn.Linear) and name != "qkv"]
-        _add(out, f"{prefix}.proj", _linears(others, n))  # proj (and a gate, if any)
-    else:
-        raise TypeError(f"cannot count FLOPs of attention module {type(attn).__name__}")
-    _add(out, f"{prefix}.scores", 2 * n * n * attn_dim)  # w_k w_k^T  (q k^T)
-    _add(out, f"{prefix}.values", 2 * n * n * attn_dim)  # softmax(.) w_k  (. v)
-
-
-def _block(block: nn.Module, n: int, prefix: str, out: dict[str, int]) -> None:
-    if isinstance(block, CrateBlock):
-        _attention(block.attn, n, f"{prefix}.attn", out)
-        ista: ISTA = block.ista
-        d_out, d_in = ista.weight.shape
-        _add(out, f"{prefix}.ista", 2 * (2 * n * d_in * d_out))  # z D^T, then (z - z D^T) D
-    elif isinstance(block, CrateAlphaBlock):
-        _attention(block.attn, n, f"{prefix}.attn", out)
-        odl: OvercompleteISTA = block.ista
-        d, code = odl.D.shape
-        _add(out, f"{prefix}.ista", (1 + 2 * (odl.iterations - 1)) * 2 * n * d * code)  # x D; (z D^T - x) D
-        _add(out, f"{prefix}.decode", 2 * n * code * d)  # z D1^T
-    elif isinstance(block, CrateDecoderBlock):
-        _add(out, f"{prefix}.linear", _linear(block.linear, n))
-        _attention(block.attn, n, f"{prefix}.attn", out)
-    elif hasattr(block, "attn") and hasattr(block, "mlp"):  # timm ViT Block
-        _attention(block.attn, n, f"{prefix}.attn", out)
-        _add(out, f"{prefix}.mlp", _linears(block.mlp.modules(), n))
-    else:
-        raise TypeError(f"cannot count FLOPs of block {type(block).__name__}")
-
-
-def _patch_embed(embed: nn.Module, patches: int) -> int:
-    if isinstance(embed, ConvPatchEmbed):
-        w = embed.proj.weight  # (d, C, p, p): one (C p p)-long dot product per output channel and patch
-        return 2 * patches * w.numel()
-    if isinstance(embed, LinearPatchEmbed):
-        return _linear(embed.proj, patches)
-    raise TypeError(f"cannot count FLOPs of patch embedding {type(embed).__name__}")
-
-
-def _encoder(encoder: TokenEncoder, grid: tuple[int, int], head: bool, out: dict[str, int]) -> int:
-    patches = grid[0] * grid[1]
-    n = encoder.num_prefix_tokens + patches
-    _add(out, "patch_embed", _patch_embed(encoder.patch_embed, patches))
-    for blk in encoder.blocks:
-        _block(blk, n, "encoder", out)
-    if head and isinstance(encoder.head, nn.Linear):
-        rows = n if encoder.global_pool == "" else 1  # '' keeps every token
-        _add(out, "head", _linear(encoder.head, rows))
-    return n
+def _patch_embed(model: nn.Module) -> nn.Module:
+    embed = getattr(model, "patch_embed", None)
+    if embed is None:
+        embed = getattr(getattr(model, "encoder", None), "patch_embed", None)
+    if embed is None or not hasattr(embed, "img_size") or not hasattr(embed, "patch_size"):
+        raise TypeError(
+            f"cannot count FLOPs of {type(model).__name__}: expected a whitebox model with a patch_embed "
+            "(img_size, patch_size), directly or on its .encoder"
+        )
+    return embed
 
 
 def _img_size(model: nn.Module, img_size: int | tuple[int, int] | None) -> tuple[tuple[int, int], tuple[int, int]]:
-    encoder = model.encoder if isinstance(model, MaskedAutoencoder) else model
-    embed = encoder.patch_embed
+    embed = _patch_embed(model)
     if img_size is None:
         size = tuple(embed.img_size)
     elif isinstance(img_size, int) and not isinstance(img_size, bool):
@@ -198,41 +128,56 @@ def count_flops(model: nn.Module, img_size: int | tuple[int, int] | None = None,
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    if not isinstance(model, (MaskedAutoencoder, TokenEncoder)):
-        raise TypeError(f"expected a MaskedAutoencoder or TokenEncoder, got {type(model).__name__}")
+    if not isinstance(model, nn.Module) or not callable(getattr(model, "flops", None)):
+        raise TypeError(
+            "expected a MaskedAutoencoder or TokenEncoder (or a model that declares "
+            f"flops(grid_size, features_only)), got {type(model).__name__}"
+        )
     size, grid = _img_size(model, img_size)
-    out: dict[str, int] = {}
-    if isinstance(model, MaskedAutoencoder):
-        n = _encoder(model.encoder, grid, head=False, out=out)
-        if mode != "features":
-            if isinstance(model.decoder_embed, nn.Linear):
-                _add(out, "decoder_embed", _linear(model.decoder_embed, n))
-            for blk in model.decoder_blocks:
-                _block(blk, n, "decoder", out)
-            _add(out, "decoder_pred", _linear(model.decoder_pred, n))  # on all tokens; the class row is dropped after
-    else:
-        n = _encoder(model, grid, head=mode != "features", out=out)
+    out = model.flops(grid, features_only=mode == "features")
+    n = getattr(getattr(model, "encoder", model), "num_prefix_tokens", 0) + grid[0] * grid[1]
     if mode == "train":
         out = {k: TRAIN_MULTIPLIER * v for k, v in out.items()}
     return FlopCount(breakdown=out, mode=mode, img_size=size, tokens=n)
 
 
-def main(argv: list[str] | None = None) -> None:
-    import whitebox
-
-    parser = argparse.ArgumentParser(description="Print the analytic FLOP count of a registered model, per image.")
-    parser.add_argument("model", help="a registered model name, e.g. crate_mae_base")
-    parser.add_argument("--img-size", type=int, default=None)
-    parser.add_argument("--mode", choices=MODES, default="train")
-    args = parser.parse_args(argv)
+def main(argv: list[str] | None = None) -> int:
+    """``python -m whitebox.flops MODEL [--img-size N] [--mode forward|features|train]``: print the table."""
     import torch
 
+    import whitebox
+
+    from .cli import integer
+
+    parser = argparse.ArgumentParser(
+        prog="python -m whitebox.flops", description="Print the analytic FLOP count of a registered model, per image."
+    )
+    parser.add_argument("model", help="a registered model name, e.g. crate_mae_base")
+    parser.add_argument(
+        "--img-size", type=integer(gt=0), default=None, help="square image size in pixels (a multiple of the patch)"
+    )
+    parser.add_argument("--mode", choices=MODES, default="train", help="what one image costs (default train)")
+    args = parser.parse_args(argv)
     with torch.device("meta"):  # shapes only: no memory, no initialisation cost
-        model = whitebox.create_model(args.model, **({"img_size": args.img_size} if args.img_size else {}))
+        model = whitebox.create_model(args.model)
+        patch = _patch_embed(model).patch_size
+        if args.img_size is not None and args.img_size % patch:
+            raise ValueError(
+                f"--img-size {args.img_size} is not a multiple of {args.model}'s patch size {patch}; "
+                f"use e.g. {max(patch, args.img_size // patch * patch)} or {(args.img_size // patch + 1) * patch}"
+            )
+        if args.img_size is not None:
+            model = whitebox.create_model(args.model, img_size=args.img_size)
     count = count_flops(model, mode=args.mode)
     print(f"{args.model} {args.mode} at {count.img_size[0]}x{count.img_size[1]} ({count.tokens} tokens), per image")
     print(count.table())
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    try:
+        sys.exit(main())
+    except (ValueError, TypeError, OSError) as err:  # a bad name or size: a message, not a traceback
+        sys.exit(f"error: {err}")

@@ -22,10 +22,16 @@ from .io import fsync_dir
 __all__ = ["model_card", "push_to_hub", "save_pretrained"]
 
 
-def model_card(config: dict[str, Any], num_params: int, repo_id: str | None = None) -> str:
-    """A Hub model card (YAML front matter + markdown) for a saved ``config.json``."""
+def model_card(config: dict[str, Any], num_params: int, repo_id: str | None = None, task: str | None = None) -> str:
+    """A Hub model card (YAML front matter + markdown) for a saved ``config.json``.
+
+    ``task`` is the model's own Hub pipeline tag (``model.task``); without it, a model with a
+    classifier (``num_classes`` > 0) is ``image-classification``, else ``image-feature-extraction``.
+    """
     cfg, arch = config.get("pretrained_cfg", {}), config["architecture"]
-    task = "image-feature-extraction" if "mae" in arch else "image-classification"
+    if task is None:
+        classes = config.get("num_classes", cfg.get("num_classes", 0))
+        task = "image-classification" if classes else "image-feature-extraction"
     front = ["---", "library_name: timm", "tags:", "- whitebox", "- white-box-transformer", f"- {task}"]
     front += ([f"license: {cfg['license']}"] if cfg.get("license") else []) + ["---", ""]
     lines = [f"# {arch}{'.' + cfg['tag'] if cfg.get('tag') else ''}", ""]
@@ -64,7 +70,9 @@ def save_pretrained(
         if card:
             config = json.loads((Path(tmp) / "config.json").read_text(encoding="utf-8"))
             num_params = sum(p.numel() for p in model.parameters())
-            (Path(tmp) / "README.md").write_text(model_card(config, num_params, repo_id), encoding="utf-8")
+            task = getattr(model, "task", None)
+            card_text = model_card(config, num_params, repo_id, task=task)
+            (Path(tmp) / "README.md").write_text(card_text, encoding="utf-8")
         for path in sorted(Path(tmp).iterdir()):
             with open(path, "rb+") as f:
                 os.fsync(f.fileno())

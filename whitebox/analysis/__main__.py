@@ -6,6 +6,13 @@ Example (a tiny random model, seconds on a CPU)::
         --model-args img_size=32 patch_size=8 embed_dim=64 depth=2 num_heads=4
 
 Name the model first: ``--model-args`` and ``--images`` take every word that follows them.
+
+``--images`` takes image files, folders (recursively), ``.npz`` packs in the recipes' formats
+(``FILE.npz:SPLIT`` for a file with splits) or ``samples``; without it the bundled sample photos are
+used, except for a recipe checkpoint trained on other data (``--data cifar10``, a folder, a pack),
+which must be given its images or ``--images samples`` on purpose. The report (``index.html`` and
+``report.json``) names the model, checkpoint, training step and images it analysed. Every flag is
+checked before any work starts; a bad one ends with ``error: ...`` naming the flag and what is allowed.
 """
 
 from __future__ import annotations
@@ -21,7 +28,13 @@ import torch
 
 import whitebox
 
-from .report import images_for, write_report
+from ..cli import device as device_type
+from ..cli import integer, number
+from .images import normalize_images
+from .report import write_report
+from .sources import check_specs, read_images
+
+SAMPLE_DATA = (None, "", "samples")
 
 
 def parse_model_args(pairs: list[str]) -> dict[str, Any]:
@@ -30,7 +43,7 @@ def parse_model_args(pairs: list[str]) -> dict[str, Any]:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key.isidentifier():
-            raise ValueError(f"model arguments are key=value pairs, got {pair!r}")
+            raise ValueError(f"--model-args takes KEY=VALUE pairs (KEY a Python name), got {pair!r}")
         try:
             out[key] = ast.literal_eval(value)
         except (ValueError, SyntaxError):
@@ -53,45 +66,132 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--pretrained", action="store_true", help="load the registered pretrained weights")
     p.add_argument("--model-args", nargs="*", default=[], metavar="KEY=VALUE", help="arguments for create_model")
-    p.add_argument("--images", nargs="*", metavar="FILE", help="image files (default: the embedded sample photos)")
-    p.add_argument("--num-images", type=int, default=None, help="use only the first N images for the measurements")
-    p.add_argument("--show", type=int, default=4, help="images drawn in the pictures (default 4)")
+    p.add_argument(
+        "--images",
+        nargs="*",
+        metavar="PATH",
+        help="image files, image folders, .npz packs (FILE.npz:SPLIT for a file with splits) or 'samples' "
+        "(default: the bundled sample photos)",
+    )
+    p.add_argument(
+        "--num-images",
+        type=integer(ge=1),
+        default=None,
+        help="use only the first N images (default: all files; at most 256 from folders and packs)",
+    )
+    p.add_argument("--show", type=integer(ge=1), default=4, help="images drawn in the pictures (default 4)")
     p.add_argument("--out", default="whitebox_report", help="report folder (default ./whitebox_report)")
-    p.add_argument("--mask-ratio", type=float, default=0.75, help="mask ratio of the reconstructions")
-    p.add_argument("--eps", type=float, default=0.5, help="coding precision of the rates")
-    p.add_argument("--seed", type=int, default=0, help="seed of the reconstruction masks")
-    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--mask-ratio", type=number(ge=0, lt=1), default=0.75, help="mask ratio of the reconstructions")
+    p.add_argument(
+        "--pixel-stats",
+        choices=("patch", "visible"),
+        default="patch",
+        help="norm_pix_loss reconstructions: 'patch' un-normalises each patch with its own true mean/std (MAE's "
+        "display convention; hidden patches use hidden pixels), 'visible' with the visible patches' (leak-free)",
+    )
+    p.add_argument("--eps", type=number(gt=0), default=0.5, help="coding precision of the rates (> 0)")
+    p.add_argument("--seed", type=integer(ge=0, le=2**63 - 1), default=0, help="seed of the reconstruction masks")
+    p.add_argument(
+        "--device", type=device_type, default="cpu", help="cpu, cuda, cuda:N, mps, xpu or auto (default cpu)"
+    )
     p.add_argument("--overwrite", action="store_true", help="write into a non-empty report folder")
     return p
+
+
+def _device(name: str) -> torch.device:
+    """The ``--device`` flag as a device, refusing one this machine does not have (before any work)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    kind, _, index = name.partition(":")
+    available = {"cpu": lambda: 1, "cuda": torch.cuda.device_count}
+    available["mps"] = lambda: int(torch.backends.mps.is_available())
+    available["xpu"] = lambda: torch.xpu.device_count() if hasattr(torch, "xpu") else 0
+    count = available[kind]()
+    if count == 0 or (index and int(index) >= count):
+        have = "none" if count == 0 else f"{count} ({kind}:0 .. {kind}:{count - 1})"
+        raise ValueError(f"--device {name}: this machine has no such device ({kind} devices: {have}); use cpu")
+    return torch.device(name)
+
+
+def _recipe_record(path: str | None) -> dict[str, Any]:
+    """What a recipe checkpoint says about itself (model, step, training data); {} for plain weights."""
+    if path is None:
+        return {}
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"--checkpoint {path}: no such file")
+    from registry import read_checkpoint
+
+    obj = read_checkpoint(path)
+    if not isinstance(obj, dict) or "model" not in obj or not isinstance(obj.get("args"), dict):
+        return {}
+    return dict(model=obj.get("model_name"), step=obj.get("step"), data=obj["args"].get("data"))
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.model and Path(args.model).is_file():
-        raise SystemExit(f"{args.model} is a file: name the architecture and pass the file as --checkpoint")
+        raise ValueError(f"{args.model} is a file: name the architecture and pass the file as --checkpoint")
+    device = _device(args.device)
+    model_args = parse_model_args(args.model_args)
+    check_specs(args.images)  # unreadable --images are refused before a model is built
+    record = _recipe_record(args.checkpoint)
+    trained_on = record.get("data")
+    if args.images is None and trained_on not in SAMPLE_DATA:
+        raise ValueError(
+            f"--checkpoint {args.checkpoint} was trained on --data {trained_on}, and the bundled sample photos are "
+            f"not its images: pass them with --images (a folder, .npz pack or image files), or --images samples to "
+            "analyse on the bundled photos on purpose"
+        )
     start = time.perf_counter()
     model = whitebox.create_model(
-        args.model, pretrained=args.pretrained, checkpoint_path=args.checkpoint, **parse_model_args(args.model_args)
-    ).to(torch.device(args.device))
-    images = images_for(model, args.images, args.num_images)
+        args.model, pretrained=args.pretrained, checkpoint_path=args.checkpoint, **model_args
+    ).to(device)
+    size = model_image_size(model)[0]
+    source = read_images(args.images, size, args.num_images)
+    images = normalize_images(source.images)
+    name = args.model or model.pretrained_cfg["architecture"]
+    provenance = {
+        "model": name,
+        "weights": "pretrained " + str(model.pretrained_cfg.get("tag") or name)
+        if args.pretrained
+        else (args.checkpoint or "random initialisation (no --checkpoint, no --pretrained)"),
+        "checkpoint": args.checkpoint,
+        "step": record.get("step"),
+        "trained_on": trained_on,
+        "images": source.description,
+    }
     out = write_report(
         model,
         args.out,
         images,
-        name=args.model or model.pretrained_cfg["architecture"],
+        name=name,
         mask_ratio=args.mask_ratio,
         max_images=args.show,
         eps=args.eps,
         seed=args.seed,
         overwrite=args.overwrite,
+        provenance=provenance,
+        pixel_stats=args.pixel_stats,
     )
     print((out / "layerwise.md").read_text(encoding="utf-8"))
+    step = f", step {record['step']}" if record.get("step") is not None else ""
+    print(f"analysed {name} ({provenance['weights']}{step}) on {source.description}")
     print(f"report: {out / 'index.html'} ({time.perf_counter() - start:.1f} s)")
     return 0
+
+
+def model_image_size(model: torch.nn.Module) -> tuple[int, int]:
+    """The square image size the model expects (the report crops images square)."""
+    from ._model import encoder_of
+
+    h, w = encoder_of(model).patch_embed.img_size
+    if h != w:
+        raise ValueError(f"the report loads square images; this model expects {h}x{w}")
+    return h, w
 
 
 if __name__ == "__main__":
     try:
         sys.exit(main())
-    except (ValueError, TypeError, FileNotFoundError) as err:  # bad arguments: a message, not a traceback
+    except (ValueError, TypeError, OSError) as err:  # bad arguments: a message, not a traceback
         sys.exit(f"error: {err}")

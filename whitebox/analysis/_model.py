@@ -14,11 +14,19 @@ from ..models._mae import MaskedAutoencoder, check_mask_ratio
 STAGES = ("encoder", "decoder")
 
 
+BACKBONE = ("patch_embed", "blocks", "num_prefix_tokens", "forward_features")
+
+
 def encoder_of(model: nn.Module) -> TokenEncoder:
-    """The token encoder of a CRATE / ViT-style backbone or a masked autoencoder."""
+    """The token encoder of a CRATE / ViT-style backbone or a masked autoencoder.
+
+    Any other model with the backbone interface the analysis uses (``patch_embed`` with ``img_size``
+    and ``dynamic_grid``, ``blocks``, ``num_prefix_tokens``, ``forward_features``) is its own encoder,
+    so a new family need not subclass ``TokenEncoder``.
+    """
     if isinstance(model, MaskedAutoencoder):
         return model.encoder
-    if isinstance(model, TokenEncoder):
+    if isinstance(model, TokenEncoder) or (isinstance(model, nn.Module) and all(hasattr(model, a) for a in BACKBONE)):
         return model
     raise TypeError(
         "expected a whitebox model (CRATE, CRATE-MAE, ViT-MAE or another TokenEncoder / MaskedAutoencoder), "
@@ -27,7 +35,13 @@ def encoder_of(model: nn.Module) -> TokenEncoder:
 
 
 def block_stacks(model: nn.Module) -> dict[str, nn.Sequential]:
-    """``{'encoder': blocks}``, plus ``'decoder'`` for a masked autoencoder."""
+    """``{'encoder': blocks}``, plus ``'decoder'`` for a masked autoencoder, in forward order.
+
+    A model with other stacks declares them itself with ``analysis_stacks() -> {stage: blocks}``.
+    """
+    declared = getattr(model, "analysis_stacks", None)
+    if callable(declared):
+        return dict(declared())
     stacks = {"encoder": encoder_of(model).blocks}
     if isinstance(model, MaskedAutoencoder):
         stacks["decoder"] = model.decoder_blocks

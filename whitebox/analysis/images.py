@@ -18,6 +18,7 @@ IMAGENET_STD = IMAGENET_DEFAULT_STD
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "annotate",
     "default_images",
     "load_images",
     "normalize_images",
@@ -131,9 +132,12 @@ def write_text(text: str, path: str | os.PathLike[str]) -> Path:
     return atomic_write_text(path, text)
 
 
-def tile(rows: Sequence[Sequence[np.ndarray]], pad: int = 2, fill: int = 255, scale: int = 1) -> np.ndarray:
+def tile(
+    rows: Sequence[Sequence[np.ndarray]], pad: int = 2, fill: int = 255, scale: int = 1, row_pad: int | None = None
+) -> np.ndarray:
     """Arrange equally sized uint8 (H, W, 3) tiles in a grid with ``pad`` pixels between them.
 
+    ``row_pad`` (default ``pad``) is the gap between rows (wider when each row is another image).
     ``scale`` > 1 enlarges every tile by pixel repetition first (small images stay legible).
     """
     if not rows or not rows[0]:
@@ -141,14 +145,92 @@ def tile(rows: Sequence[Sequence[np.ndarray]], pad: int = 2, fill: int = 255, sc
     if scale > 1:
         rows = [[t.repeat(scale, axis=0).repeat(scale, axis=1) for t in r] for r in rows]
     h, w = rows[0][0].shape[:2]
+    rp = pad if row_pad is None else row_pad
     ncols = max(len(r) for r in rows)
-    out = np.full((len(rows) * (h + pad) - pad, ncols * (w + pad) - pad, 3), fill, dtype=np.uint8)
+    out = np.full((len(rows) * (h + rp) - rp, ncols * (w + pad) - pad, 3), fill, dtype=np.uint8)
     for i, row in enumerate(rows):
         for j, t in enumerate(row):
             if t.shape[:2] != (h, w):
                 raise ValueError(f"tile ({i}, {j}) is {t.shape[:2]}, expected {(h, w)}")
-            out[i * (h + pad) : i * (h + pad) + h, j * (w + pad) : j * (w + pad) + w] = t[..., :3]
+            out[i * (h + rp) : i * (h + rp) + h, j * (w + pad) : j * (w + pad) + w] = t[..., :3]
     return out
+
+
+def _font(size: int = 12):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1: one bitmap size
+        return ImageFont.load_default()
+
+
+def annotate(
+    grid: np.ndarray,
+    tile_size: tuple[int, int],
+    pad: int,
+    col_labels: Sequence[str] = (),
+    row_labels: Sequence[str] = (),
+    row_pad: int | None = None,
+    title: str | None = None,
+    colorbar: tuple[str, str, str] | None = None,
+    cmap: str = "inferno",
+) -> np.ndarray:
+    """Put a grid made by ``tile`` on a white page with column headers, row labels, a title and a colour scale.
+
+    Args:
+        grid: uint8 (H, W, 3) from ``tile`` with tiles of ``tile_size`` (h, w) (after scaling), ``pad``
+            and ``row_pad`` as given to it.
+        col_labels: one header per column, centred above it.
+        row_labels: one label per row, left of it.
+        title: a line above the headers.
+        colorbar: ``(low, high, caption)``: a vertical ``cmap`` scale at the right, ``low`` at the bottom.
+
+    Returns:
+        uint8 (H', W', 3) with the grid unchanged inside it.
+    """
+    from PIL import Image, ImageDraw
+
+    font = _font()
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+
+    def size(text: str) -> tuple[int, int]:
+        box = measure.textbbox((0, 0), text, font=font)
+        return box[2] - box[0], box[3] - box[1]
+
+    th, tw = tile_size
+    rp = pad if row_pad is None else row_pad
+    line = max(size("Ag")[1], 1) + 6
+    top = (line if col_labels else 0) + (line if title else 0) + 4
+    left = (max(size(t)[0] for t in row_labels) + 10) if row_labels else 4
+    bar_w, cap = 0, None
+    if colorbar is not None:
+        bar_w = 12 + 18 + max(size(colorbar[0])[0], size(colorbar[1])[0]) + 6 + line  # gap, bar, labels, caption
+        cap = Image.new("RGB", (size(colorbar[2])[0] + 4, line), "white")
+        ImageDraw.Draw(cap).text((2, 0), colorbar[2], fill="black", font=font)
+        cap = cap.rotate(90, expand=True)
+    height = max(top + grid.shape[0] + 4, top + (cap.height + 4 if cap is not None else 0))
+    page = Image.new("RGB", (left + grid.shape[1] + 4 + bar_w, height), "white")
+    page.paste(Image.fromarray(grid), (left, top))
+    draw = ImageDraw.Draw(page)
+    if title:
+        draw.text((left, 2), title, fill="black", font=font)
+    y_head = top - line
+    for j, text in enumerate(col_labels):
+        w = size(text)[0]
+        draw.text((left + j * (tw + pad) + max(0, (tw - w) // 2), y_head), text, fill="black", font=font)
+    for i, text in enumerate(row_labels):
+        h = size(text)[1]
+        draw.text((4, top + i * (th + rp) + max(0, (th - h) // 2)), text, fill="black", font=font)
+    if colorbar is not None:
+        low, high, _ = colorbar
+        x0, y0, y1 = left + grid.shape[1] + 12, top, top + max(grid.shape[0], cap.height)
+        ramp = colorize(np.linspace(1.0, 0.0, y1 - y0)[:, None].repeat(14, axis=1), cmap)
+        page.paste(Image.fromarray(ramp), (x0, y0))
+        draw.text((x0 + 18, y0), high, fill="black", font=font)
+        draw.text((x0 + 18, y1 - line + 4), low, fill="black", font=font)
+        page.paste(cap, (page.width - cap.width - 2, y0))
+    return np.asarray(page)
 
 
 def colorize(values: np.ndarray, cmap: str = "inferno") -> np.ndarray:

@@ -10,7 +10,8 @@ two steps, and its output, on one forward pass over a batch of images. The colum
 ``compression``    ``R^c`` of the tokens *after* the block's MSSA step, with that block's U
 ``coding_rate``    ``R`` of the block output
 ``sparsity``       fraction of exact zeros in the block output (CRATE-alpha: in the sparse code)
-``l1``             mean l1 norm of a block-output token (CRATE-alpha: of a sparse-code token)
+``l1``             mean l1 norm (sum of absolute values) of a block-output token (CRATE-alpha: of a
+                   sparse-code token): how large the code is whose zeros ``sparsity`` counts
 ``*_std``          standard deviation over the images of the column before it
 =================  =========================================================================
 
@@ -54,7 +55,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..layers import CrateAlphaBlock, CrateBlock, CrateDecoderBlock
+from ..layers.declare import BlockProbes, Probe, require
 from ._model import block_stacks, encoder_of, evaluating, image_geometry, run
 from .images import default_images, normalize_images, render, require_matplotlib, save_png, write_text
 from .measures import _check_tokens, _coding_rate, _compression, _unit_tokens
@@ -75,6 +76,14 @@ COLUMNS: tuple[str, ...] = (
 )
 
 Row = dict[str, Any]
+
+LEGEND = """\
+Columns: `block` counts from 0 within its stage (encoder, then decoder), as in the plot;
+`compression_in` / `compression` = R^c against the block's subspaces U before / after its compression
+(MSSA) step; `coding_rate` = R of the block output; `sparsity` = fraction of exact zeros in the block
+output (CRATE-alpha: in its sparse code); `l1` = mean l1 norm (sum of absolute values) of one token of
+that output or code; `*_std` = standard deviation over the images; `-` = does not apply (no subspaces).
+"""
 
 
 @dataclass
@@ -138,10 +147,18 @@ class LayerwiseStats:
     def plot(self, path: str | os.PathLike[str] | None = None, title: str | None = None) -> np.ndarray:
         """Compression, sparsity and coding rate against depth, as in the CRATE papers' figures.
 
-        The x axis runs through the encoder blocks and then the decoder blocks (1-based); error bars
-        are the standard deviation over the images. Returns the figure as uint8 (H, W, 3) and writes
-        it as a PNG to ``path`` if given (needs matplotlib).
+        The x axis is the block index within each stage, from 0 as in the table; the encoder and the
+        decoder are separate lines on it (the decoder is not appended to the encoder's axis). Error bars
+        are the standard deviation over the images. Returns the figure as uint8 (H, W, 3) and writes it
+        as a PNG to ``path`` if given (needs matplotlib).
         """
+        image = render(self.figure(title))
+        if path is not None:
+            save_png(image, path)
+        return image
+
+    def figure(self, title: str | None = None) -> Any:
+        """The matplotlib ``Figure`` that ``plot`` renders (three panels; see ``plot``)."""
         require_matplotlib()
         from matplotlib.figure import Figure
         from matplotlib.ticker import MaxNLocator
@@ -153,13 +170,11 @@ class LayerwiseStats:
             ("sparsity", "fraction of zeros in the block output / sparse code", "s"),
             ("coding_rate", r"$R(Z^{\ell+1})$ of the block output", "^"),
         )
-        offset = 0
-        boundaries = []
-        for color, stage in zip(("C0", "C1"), ("encoder", "decoder"), strict=True):
+        stages = list(dict.fromkeys(r["stage"] for r in self.rows))
+        for k, stage in enumerate(stages):
+            color = f"C{k}"
             rows = [r for r in self.rows if r["stage"] == stage]
-            if not rows:
-                continue
-            x = np.arange(len(rows)) + offset + 1
+            x = np.array([r["block"] for r in rows])
             for ax, (name, _, marker) in zip(axes, panels, strict=True):
                 y = np.array([math.nan if r[name] is None else r[name] for r in rows], dtype=float)
                 if np.isnan(y).all():
@@ -170,25 +185,18 @@ class LayerwiseStats:
                 if name == "compression":
                     before = np.array([math.nan if r["compression_in"] is None else r["compression_in"] for r in rows])
                     ax.plot(x, before, linestyle="--", color=color, alpha=0.5, label=f"{stage}, before MSSA")
-            offset += len(rows)
-            boundaries.append(offset + 0.5)
         for ax, (_, ylabel, _) in zip(axes, panels, strict=True):
             if ax.has_data():
                 ax.legend(fontsize=8)
             else:  # e.g. compression of blocks without subspaces
                 ax.text(0.5, 0.5, "not applicable", ha="center", va="center", transform=ax.transAxes)
-            for b in boundaries[:-1]:
-                ax.axvline(b, color="gray", linestyle=":")
-            ax.set_xlabel(r"layer index $\ell$")
+            ax.set_xlabel("block index within its stage (0-based, as in the table)")
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_ylabel(ylabel)
             ax.grid(linestyle="--", color="lightgray")
         if title:
             fig.suptitle(title)
-        image = render(fig)
-        if path is not None:
-            save_png(image, path)
-        return image
+        return fig
 
 
 def _check_normalize(normalize: str) -> str:
@@ -216,8 +224,9 @@ def default_model_images(model: nn.Module, count: int | None = None) -> torch.Te
 class _Recorder:
     """Forward hooks that measure each block as soon as it has run (nothing is kept but numbers)."""
 
-    def __init__(self, eps: float, normalize: str, skip: int) -> None:
-        self.eps, self.normalize, self.skip = eps, normalize, skip
+    def __init__(self, eps: float, normalize: str, include_class_token: bool, prefix: int) -> None:
+        self.eps, self.normalize, self.include, self.prefix = eps, normalize, include_class_token, prefix
+        self.skip = 0  # leading tokens left out of the block being measured
         self.rows: list[Row] = []
         self.handles: list[Any] = []
 
@@ -229,44 +238,46 @@ class _Recorder:
         return _unit_tokens(t) if self.normalize == "unit" else t.to(torch.float64)
 
     def attach(self, stage: str, index: int, blk: nn.Module) -> None:
-        record: dict[str, torch.Tensor] = {}  # this block's input and mid tokens until its output arrives
+        probes: BlockProbes = require(blk, "probes", f"{stage} block {index}", "analyse")()
+        record: dict[str, torch.Tensor] = {}  # this block's probe points until its output arrives
 
-        def grab(name: str):
-            def hook(_m: nn.Module, args: tuple[Any, ...]) -> None:
-                record[name] = args[0]
-
-            return hook
-
-        def grab_code(_m: nn.Module, _args: tuple[Any, ...], out: torch.Tensor) -> None:
-            record["code"] = out
+        def tap(name: str, probe: Probe) -> None:
+            if probe.module is blk and probe.side == "output":
+                return  # the block output is passed to ``done`` directly
+            if probe.side == "input":
+                hook = probe.module.register_forward_pre_hook(lambda _m, args: record.__setitem__(name, args[0]))
+            else:
+                hook = probe.module.register_forward_hook(lambda _m, _a, out: record.__setitem__(name, out))
+            self.handles.append(hook)
 
         def done(_m: nn.Module, _args: tuple[Any, ...], out: torch.Tensor) -> None:
-            self.rows.append(self.measure(stage, index, blk, record, out))
+            self.rows.append(self.measure(stage, index, probes, record, out))
             record.clear()
 
-        self.handles.append(blk.register_forward_pre_hook(grab("in")))
-        if isinstance(blk, (CrateBlock, CrateDecoderBlock, CrateAlphaBlock)):
-            self.handles.append(blk.norm2.register_forward_pre_hook(grab("mid")))
-        if isinstance(blk, CrateAlphaBlock):  # the sparse code, before the decoding dictionary
-            self.handles.append(blk.ista.code.register_forward_hook(grab_code))
+        if probes.compression is not None:
+            tap("before", probes.compression[0])
+            tap("after", probes.compression[1])
+        if probes.sparse_code is not None:
+            tap("code", probes.sparse_code)
         self.handles.append(blk.register_forward_hook(done))
 
     def measure(
-        self, stage: str, index: int, blk: nn.Module, record: dict[str, torch.Tensor], out: torch.Tensor
+        self, stage: str, index: int, probes: BlockProbes, record: dict[str, torch.Tensor], out: torch.Tensor
     ) -> Row:
         row: Row = dict.fromkeys(COLUMNS)
         row.update(stage=stage, block=index)
-        if isinstance(blk, (CrateBlock, CrateDecoderBlock, CrateAlphaBlock)):
-            # encoder: x -> z (MSSA step); decoder: y -> out (MSSA step); both with this block's U
-            encoder = isinstance(blk, (CrateBlock, CrateAlphaBlock))
-            before, after = (record["in"], record["mid"]) if encoder else (record["mid"], out)
-            u = blk.attn.subspaces().detach()
+        prefix = self.prefix if probes.num_prefix_tokens is None else probes.num_prefix_tokens
+        self.skip = 0 if self.include else prefix
+        if probes.compression is not None:
+            # before / after the block's compression step (encoder: x -> z; decoder: y -> out), with its U
+            before, after = (record.get(k, out) for k in ("before", "after"))
+            u = probes.subspaces().detach()
             row["compression_in"] = _compression(self.rate_tokens(before), u, self.eps).mean().item()
             c = _compression(self.rate_tokens(after), u, self.eps)
             row["compression"], row["compression_std"] = c.mean().item(), c.std(correction=0).item()
         raw = self.tokens(out)
         r = _coding_rate(self.rate_tokens(raw, checked=True), self.eps)
-        sparse = self.tokens(record["code"]) if "code" in record else raw  # CRATE-alpha: the code, not out
+        sparse = self.tokens(record["code"]) if "code" in record else raw  # e.g. CRATE-alpha: the code, not out
         s = (sparse == 0).to(torch.float64).mean(dim=(-2, -1))  # = sparsity(sparse), per image
         row["coding_rate"], row["coding_rate_std"] = r.mean().item(), r.std(correction=0).item()
         row["sparsity"], row["sparsity_std"] = s.mean().item(), s.std(correction=0).item()
@@ -309,7 +320,7 @@ def layerwise_stats(
         images = default_model_images(model)
     image_geometry(model, images)
     encoder = encoder_of(model)
-    recorder = _Recorder(float(eps), normalize, 0 if include_class_token else encoder.num_prefix_tokens)
+    recorder = _Recorder(float(eps), normalize, include_class_token, encoder.num_prefix_tokens)
     stacks = block_stacks(model)
     try:
         for stage, blocks in stacks.items():
@@ -343,7 +354,7 @@ def write_layerwise(stats: LayerwiseStats, folder: str | os.PathLike[str], title
     """``layerwise.md``, ``layerwise.csv`` and ``layerwise.png`` in ``folder`` (each written atomically)."""
     folder = Path(folder)
     return dict(
-        markdown=write_text(stats.to_markdown(), folder / "layerwise.md"),
+        markdown=write_text(stats.to_markdown() + "\n" + LEGEND, folder / "layerwise.md"),
         csv=write_text(stats.to_csv(), folder / "layerwise.csv"),
         plot=save_png(stats.plot(title=title), folder / "layerwise.png"),
     )

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._model import check_block_indices, check_stage, encoder_of, evaluating, image_geometry, run
-from .images import save_png, tile
+from .images import annotate, save_png, tile
 
 __all__ = ["feature_pca", "pca_figure", "pca_rgb"]
 
@@ -117,8 +117,12 @@ def pca_figure(
     pcas: list[np.ndarray] | np.ndarray,
     path: str | os.PathLike[str] | None = None,
     scale: int = 1,
+    col_labels: list[str] | None = None,
 ) -> np.ndarray:
     """A row per image: the image, then each PCA picture given (e.g. one per block).
+
+    With ``col_labels`` (one per PCA picture, e.g. ``'block 5'``) the columns get headers (``image``
+    first) and the rows ``image b`` labels, 8 px apart.
 
     Args:
         images: uint8 (B, H, W, 3).
@@ -136,7 +140,19 @@ def pca_figure(
     rows = [
         [images[b]] + [(p[b] * 255).round().clip(0, 255).astype(np.uint8) for p in pcas] for b in range(len(images))
     ]
-    grid = tile(rows, scale=scale)
+    if col_labels is None:
+        grid = tile(rows, scale=scale)
+    else:
+        if len(col_labels) != len(pcas):
+            raise ValueError(f"col_labels names {len(col_labels)} columns for {len(pcas)} PCA pictures")
+        grid = annotate(
+            tile(rows, scale=scale, row_pad=8),
+            (images.shape[1] * scale, images.shape[2] * scale),
+            2,
+            col_labels=["image", *col_labels],
+            row_labels=[f"image {b}" for b in range(len(images))],
+            row_pad=8,
+        )
     if path is not None:
         save_png(grid, path)
     return grid

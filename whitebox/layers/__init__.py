@@ -1,8 +1,9 @@
 """Reusable white-box building blocks; each is a plain ``nn.Module`` on (B, N, d) tokens."""
 
-from .blocks import CrateAlphaBlock, CrateBlock, CrateDecoderBlock
+from .blocks import CrateAlphaBlock, CrateBlock, CrateDecoderBlock, TransformerBlock
 from .cbsa import ContractBroadcastAttention, ContractBroadcastBlock
 from .conv_stem import ConvStemPatchEmbed, adapt_stem_channels
+from .declare import AttentionMaps, BlockProbes, Probe
 from .ista import ISTA
 from .mssa import SubspaceAttention
 from .overcomplete_ista import OvercompleteISTA
@@ -12,6 +13,8 @@ from .tssa import CausalTokenStatisticsAttention, TokenStatisticsAttention, Toke
 
 __all__ = [
     "ISTA",
+    "AttentionMaps",
+    "BlockProbes",
     "CausalTokenStatisticsAttention",
     "ContractBroadcastAttention",
     "ContractBroadcastBlock",
@@ -22,10 +25,12 @@ __all__ = [
     "CrateDecoderBlock",
     "LinearPatchEmbed",
     "OvercompleteISTA",
+    "Probe",
     "SinCosPosEmbed",
     "SubspaceAttention",
     "TokenStatisticsAttention",
     "TokenStatisticsBlock",
+    "TransformerBlock",
     "adapt_stem_channels",
     "check_images",
     "sincos_2d",

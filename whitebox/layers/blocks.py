@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import torch
 from timm.layers import DropPath
+from timm.models.vision_transformer import Block
 from torch import nn
 
+from .declare import BlockProbes, Probe, linear_flops, merge, prefixed
 from .ista import ISTA
 from .mssa import SubspaceAttention
 from .overcomplete_ista import OvercompleteISTA
@@ -57,6 +59,18 @@ class CrateBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
         self.ista = ISTA(dim, eta=eta, lambd=lambd)
 
+    def flops(self, num_tokens: int) -> dict[str, int]:
+        """MSSA's four products and ISTA's two, on N tokens (see ``declare``)."""
+        return merge(prefixed("attn", self.attn.flops(num_tokens)), prefixed("ista", self.ista.flops(num_tokens)))
+
+    def probes(self) -> BlockProbes:
+        """Compression on ``x`` and ``z`` (the input of ``norm2``); the output is the sparse code."""
+        return BlockProbes(
+            compression=(Probe(self, "input"), Probe(self.norm2, "input")),
+            subspaces=self.attn.subspaces,
+            maps=self.attn,
+        )
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x = x + MSSA(LN(x)); x = ISTA(LN(x))``: tokens (B, N, d) -> (B, N, d)."""
         x = x + self.drop_path(self.attn(self.norm1(x)))
@@ -103,6 +117,18 @@ class CrateDecoderBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
         self.attn = SubspaceAttention(dim, num_heads, attn_drop, proj_drop, fused_attn)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def flops(self, num_tokens: int) -> dict[str, int]:
+        """The linear step ``E`` and MSSA's four products, on N tokens."""
+        return merge({"linear": linear_flops(self.linear, num_tokens)}, prefixed("attn", self.attn.flops(num_tokens)))
+
+    def probes(self) -> BlockProbes:
+        """Compression on ``y`` (the input of ``norm2``) and on the output (after the reversed MSSA step)."""
+        return BlockProbes(
+            compression=(Probe(self.norm2, "input"), Probe(self, "output")),
+            subspaces=self.attn.subspaces,
+            maps=self.attn,
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``y = LN(x) E^T; x = y - MSSA(LN(y))``: tokens (B, N, d) -> (B, N, d)."""
@@ -157,7 +183,48 @@ class CrateAlphaBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
         self.ista = OvercompleteISTA(dim, expansion=expansion, eta=eta, lambd=lambd)
 
+    def flops(self, num_tokens: int) -> dict[str, int]:
+        """MSSA's products, the sparse coding (``ista``) and its decoding by ``D1`` (``decode``)."""
+        odl = self.ista.flops(num_tokens)
+        return merge(prefixed("attn", self.attn.flops(num_tokens)), {"ista": odl["code"], "decode": odl["decode"]})
+
+    def probes(self) -> BlockProbes:
+        """Compression on ``x`` and ``z``; sparsity and l1 on the code c (N, r d), not on the residual output."""
+        return BlockProbes(
+            compression=(Probe(self, "input"), Probe(self.norm2, "input")),
+            subspaces=self.attn.subspaces,
+            sparse_code=Probe(self.ista.code, "output"),
+            maps=self.attn,
+        )
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x = x + MSSA(LN(x)); x = x + OvercompleteISTA(LN(x))``: tokens (B, N, d) -> (B, N, d)."""
         x = x + self.drop_path(self.attn(self.norm1(x)))
         return x + self.drop_path(self.ista(self.norm2(x)))
+
+
+class TransformerBlock(Block):
+    """timm's ViT ``Block`` (same arguments, same state-dict keys) that states its FLOPs and probe points.
+
+    ViT-MAE's blocks: pre-norm attention and MLP with residuals. It has no subspaces and its fused
+    attention exposes no maps, so its probes are the block output only.
+    """
+
+    def flops(self, num_tokens: int) -> dict[str, int]:
+        """qkv, scores, values and the output projection (and any gate) of the attention; the MLP's linears."""
+        n, attn = num_tokens, self.attn
+        d_attn = attn.num_heads * attn.head_dim
+        others = [m for name, m in attn.named_modules() if isinstance(m, nn.Linear) and name != "qkv"]
+        mlp = [m for m in self.mlp.modules() if isinstance(m, nn.Linear)]
+        return merge(
+            {
+                "attn.qkv": linear_flops(attn.qkv, n),
+                "attn.proj": sum(linear_flops(m, n) for m in others),
+                "attn.scores": 2 * n * n * d_attn,
+                "attn.values": 2 * n * n * d_attn,
+            },
+            {"mlp": sum(linear_flops(m, n) for m in mlp)},
+        )
+
+    def probes(self) -> BlockProbes:
+        return BlockProbes()

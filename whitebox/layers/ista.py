@@ -40,6 +40,11 @@ class ISTA(nn.Module):
         residual = z - F.linear(z, self.weight)  # z - z D^T
         return F.relu(z + self.eta * (residual @ self.weight) - self.eta * self.lambd)
 
+    def flops(self, num_tokens: int) -> dict[str, int]:
+        """Two products per token, ``z D^T`` then ``(z - z D^T) D``: ``4 N d^2``."""
+        d_out, d_in = self.weight.shape
+        return {"": 2 * (2 * num_tokens * d_in * d_out)}
+
     def extra_repr(self) -> str:
         """``dim``, ``eta`` and ``lambd``, shown by ``print(module)``."""
         return f"dim={self.weight.shape[0]}, eta={self.eta}, lambd={self.lambd}"

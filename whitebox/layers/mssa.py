@@ -8,6 +8,37 @@ from einops import rearrange
 from timm.layers import use_fused_attn
 from torch import nn
 
+from .declare import AttentionMaps, linear_flops
+
+
+def check_attn_mask(attn_mask: object, w: torch.Tensor, is_causal: bool) -> torch.Tensor:
+    """The mask as both paths use it, or a named refusal of a mask SDPA would not take for ``w`` (B, h, N, p).
+
+    Under ``torch.autocast`` a float mask is cast to the tokens' dtype, as autocast casts SDPA's inputs.
+    """
+    if is_causal:
+        raise ValueError(
+            "give attn_mask or is_causal=True, not both (as scaled_dot_product_attention); "
+            "fold the causal pattern into attn_mask (True = attend)"
+        )
+    if not isinstance(attn_mask, torch.Tensor):
+        raise TypeError(f"attn_mask must be a torch.Tensor or None, got {type(attn_mask).__name__}")
+    if attn_mask.is_floating_point() and attn_mask.dtype != w.dtype and torch.is_autocast_enabled(w.device.type):
+        attn_mask = attn_mask.to(w.dtype)
+    if attn_mask.dtype != torch.bool and attn_mask.dtype != w.dtype:
+        raise TypeError(
+            f"attn_mask must be bool (True = attend) or additive with the tokens' dtype {w.dtype} "
+            f"(-inf = never attend), got {attn_mask.dtype}"
+        )
+    b, h, n, _ = w.shape
+    shape = tuple(attn_mask.shape)
+    if not 2 <= len(shape) <= 4 or any(s not in (1, t) for s, t in zip(shape[::-1], (n, n, h, b), strict=False)):
+        raise ValueError(
+            f"attn_mask of shape {shape} does not broadcast to (batch, heads, N, N) = {(b, h, n, n)}: give 2 to 4 "
+            f"dimensions, e.g. (N, N), (B, 1, N, N), (B, heads, N, N) or (1, 1, 1, N)"
+        )
+    return attn_mask
+
 
 class SubspaceAttention(nn.Module):
     r"""Multi-head subspace self-attention (MSSA).
@@ -59,6 +90,23 @@ class SubspaceAttention(nn.Module):
         u = self.qkv.weight.t()  # (d, d): z U
         return rearrange(u, "d (h p) -> h d p", h=self.num_heads)
 
+    def flops(self, num_tokens: int) -> dict[str, int]:
+        """Matrix-product FLOPs on N tokens: ``w = z U``, scores ``w_k w_k^T``, values, ``W_out``.
+
+        q = k = v = w is ONE projection; scores and values cost ``2 N^2 d`` each over all heads.
+        """
+        n, d_attn = num_tokens, self.qkv.out_features
+        return {
+            "qkv": linear_flops(self.qkv, n),
+            "proj": linear_flops(self.proj, n),
+            "scores": 2 * n * n * d_attn,
+            "values": 2 * n * n * d_attn,
+        }
+
+    def attention_maps(self, x: torch.Tensor) -> AttentionMaps:
+        """``softmax(w_k w_k^T / sqrt(p))`` of every head on ``x`` (B, N, d): maps (B, h, N, N)."""
+        return AttentionMaps(self(x, return_attention=True)[1], queries="tokens", name="attention")
+
     def forward(
         self,
         x: torch.Tensor,
@@ -68,11 +116,22 @@ class SubspaceAttention(nn.Module):
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Apply MSSA to ``x`` (B, N, d); with ``return_attention`` also return (B, h, N, N).
 
-        ``attn_mask`` follows ``scaled_dot_product_attention``: boolean (True = attend) or additive,
-        broadcastable to (B, h, N, N); ``is_causal`` lets token i attend to tokens <= i only. With
-        them the layer is a drop-in for timm's ``Attention``.
+        ``attn_mask`` follows ``scaled_dot_product_attention``: boolean (True = attend) or additive
+        with the tokens' float dtype (any float dtype under autocast, which casts it; ``-inf`` = never
+        attend), of 2 to 4 dimensions broadcastable to
+        (B, h, N, N) ((N, N), (B, 1, N, N), (B, h, N, N), (1, 1, 1, N) ...); ``is_causal`` lets token i
+        attend to tokens <= i only, and like SDPA it cannot be combined with ``attn_mask``. A query
+        row that may attend to nothing (fully masked) gives zero attention and a zero mix, as SDPA
+        does, on both paths: the fused and the explicit path give the same output for every mask.
+        With them the layer is a drop-in for timm's ``Attention``.
+
+        Raises:
+            TypeError / ValueError: a mask of another dtype, rank or shape, or a mask with
+                ``is_causal`` (one message for both paths, naming what is allowed).
         """
         w = self.qkv(x).unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2)  # b n (h p) -> b h n p
+        if attn_mask is not None and not isinstance(w, torch.fx.Proxy):
+            attn_mask = check_attn_mask(attn_mask, w, is_causal)
         attn = None
         if self.fused_attn and not return_attention:
             drop = self.attn_drop.p if self.training else 0.0
@@ -81,15 +140,17 @@ class SubspaceAttention(nn.Module):
             logits = w @ w.transpose(-2, -1) * self.scale
             if is_causal:
                 n = logits.shape[-1]
-                causal = torch.ones(n, n, dtype=torch.bool, device=logits.device).tril()
-                attn_mask = causal if attn_mask is None else attn_mask & causal
+                attn_mask = torch.ones(n, n, dtype=torch.bool, device=logits.device).tril()
             if attn_mask is not None:
                 logits = (
                     logits.masked_fill(~attn_mask, float("-inf"))
                     if attn_mask.dtype == torch.bool
                     else logits + attn_mask
                 )
-            attn = logits.softmax(dim=-1)
+                # rows with nothing to attend to: zero attention (SDPA's safe softmax), not NaN
+                attn = torch.where(logits.isneginf().all(-1, keepdim=True), 0.0, logits.softmax(dim=-1))
+            else:
+                attn = logits.softmax(dim=-1)
             out = self.attn_drop(attn) @ w
         out = self.proj_drop(self.proj(out.transpose(1, 2).flatten(2)))  # b h n p -> b n (h p)
         if return_attention:

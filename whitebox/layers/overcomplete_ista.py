@@ -63,6 +63,12 @@ class OvercompleteISTA(nn.Module):
             z = F.relu(z - self.eta * ((z @ self.D.t() - x) @ self.D) - threshold)
         return self.code(z) @ self.D1.t()
 
+    def flops(self, num_tokens: int) -> dict[str, int]:
+        """``code``: ``x D`` then ``(z D^T - x) D`` per further iteration; ``decode``: ``z D1^T``."""
+        d, code = self.D.shape
+        n = num_tokens
+        return {"code": (1 + 2 * (self.iterations - 1)) * 2 * n * d * code, "decode": 2 * n * code * d}
+
     def extra_repr(self) -> str:
         """``dim``, ``expansion``, ``eta``, ``lambd`` and ``iterations``, shown by ``print(module)``."""
         d, rd = self.D.shape

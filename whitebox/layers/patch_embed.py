@@ -5,9 +5,17 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .declare import linear_flops
 
-def check_images(x: object, in_chans: int, patch_size: int) -> None:
-    """Raise a clear error unless ``x`` is a float (B, C, H, W) batch that tiles into patches."""
+
+def check_images(x: object, in_chans: int, patch_size: int, dtype: torch.dtype | None = None) -> None:
+    """Raise a clear error unless ``x`` is a float (B, C, H, W) batch that tiles into patches.
+
+    With ``dtype`` (the model's parameter dtype) the images must have that dtype too, unless
+    ``torch.autocast`` is enabled for their device (it casts every product itself): a float16,
+    bfloat16 or float64 batch into a float32 model is a TypeError that says what to do, the same
+    for every family, instead of three different errors from inside the first layer.
+    """
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"expected a torch.Tensor of images (B, C, H, W), got {type(x).__name__}")
     if x.ndim != 4:
@@ -16,6 +24,12 @@ def check_images(x: object, in_chans: int, patch_size: int) -> None:
         raise TypeError(
             f"expected a floating-point image tensor, got {x.dtype}; convert it first, e.g. x.float() / 255 "
             "followed by the model's mean/std normalisation"
+        )
+    if dtype is not None and x.dtype != dtype and not torch.is_autocast_enabled(x.device.type):
+        raise TypeError(
+            f"this model's weights are {dtype} and the images are {x.dtype}: give {dtype} images "
+            f"(images.to({dtype})), convert the model (model.to({x.dtype})), or run it under "
+            f"torch.autocast('{x.device.type}', dtype=...)"
         )
     if x.shape[0] == 0:
         raise ValueError(f"got an empty batch (input shape {tuple(x.shape)}); give at least one image")
@@ -48,8 +62,14 @@ class _PatchEmbedBase(nn.Module):
         """
         if isinstance(x, torch.fx.Proxy):
             return self.grid_size
-        check_images(x, self.in_chans, self.patch_size)
+        check_images(x, self.in_chans, self.patch_size, self.weight_dtype)
         return x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size
+
+    @property
+    def weight_dtype(self) -> torch.dtype | None:
+        """The dtype images must have outside autocast: the projection's."""
+        proj = getattr(self, "proj", None)
+        return None if proj is None else proj.weight.dtype
 
 
 class ConvPatchEmbed(_PatchEmbedBase):
@@ -68,6 +88,10 @@ class ConvPatchEmbed(_PatchEmbedBase):
     def __init__(self, img_size: int | tuple[int, int], patch_size: int, in_chans: int, embed_dim: int) -> None:
         super().__init__(img_size, patch_size, in_chans)
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+
+    def flops(self, grid_size: tuple[int, int]) -> dict[str, int]:
+        """One (C p p)-long dot product per output channel and patch: ``2 * patches * d * C * p * p``."""
+        return {"": 2 * grid_size[0] * grid_size[1] * self.proj.weight.numel()}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Images (B, C, H, W) -> patch tokens (B, H/p * W/p, d), row-major over the patch grid.
@@ -98,6 +122,10 @@ class LinearPatchEmbed(_PatchEmbedBase):
         self.norm_in = nn.LayerNorm(patch_dim)
         self.proj = nn.Linear(patch_dim, embed_dim)
         self.norm_out = nn.LayerNorm(embed_dim)
+
+    def flops(self, grid_size: tuple[int, int]) -> dict[str, int]:
+        """The linear map of every flattened patch (the LayerNorms are element-wise, not counted)."""
+        return {"": linear_flops(self.proj, grid_size[0] * grid_size[1])}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Images (B, C, H, W) -> patch tokens (B, H/p * W/p, d): patches, LN, Linear, LN.

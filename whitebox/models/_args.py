@@ -6,8 +6,12 @@ config file, ``depth=-1``) before they become a minute of allocation and an out-
 
 from __future__ import annotations
 
+import inspect
 import math
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+T = TypeVar("T", bound=type)
 
 MAX_WIDTH, MAX_DEPTH, MAX_IMAGE = 16384, 512, 16384
 
@@ -59,3 +63,32 @@ def check_rates(**rates: Any) -> None:
     for name, value in rates.items():
         if check_float(name, value, 0.0, 1.0) >= 1.0:
             raise ValueError(f"{name} must be in [0, 1), got {value}")
+
+
+def forwards_to(parent: Callable[..., Any], fixed: tuple[str, ...] = ()) -> Callable[[T], T]:
+    """Class decorator for a constructor ``__init__(self, *, own=..., **kwargs)`` that forwards ``kwargs``.
+
+    The class's ``__signature__`` becomes its own keyword arguments followed by ``parent``'s (except
+    ``fixed``, the ones the class sets itself, and those it restates with its own default), so that
+    ``inspect.signature``, the registry's unknown-argument check and docs still list every argument
+    and default, while the code states only what differs from ``parent``.
+    """
+
+    def decorate(cls: T) -> T:
+        skip = (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)
+        own = [p for n, p in inspect.signature(cls.__init__).parameters.items() if n != "self" and p.kind not in skip]
+        names = {p.name for p in own} | set(fixed)
+        inherited = [
+            p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
+            for n, p in inspect.signature(parent).parameters.items()
+            if n != "self" and n not in names and p.kind not in skip
+        ]
+        cls.__signature__ = inspect.Signature([p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own] + inherited)
+        return cls
+
+    return decorate
+
+
+def forwarded(kwargs: dict[str, Any], parent: Callable[..., Any], name: str) -> Any:
+    """The value ``parent`` will get for ``name``: the caller's, else ``parent``'s default."""
+    return kwargs[name] if name in kwargs else inspect.signature(parent).parameters[name].default

@@ -15,6 +15,7 @@ from timm.models import checkpoint_seq
 from torch import nn
 
 from ..layers import ConvPatchEmbed, LinearPatchEmbed, SinCosPosEmbed
+from ..layers.declare import linear_flops, merge, prefixed, require
 from ._args import MAX_DEPTH, check_image_size, check_int, check_rates, check_width
 
 GlobalPool = Literal["token", "avg", ""]
@@ -163,6 +164,28 @@ class TokenEncoder(nn.Module):
             self.global_pool = global_pool
         self.num_classes = check_int("num_classes", num_classes, 0, 10_000_000)
         self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+
+    # ----------------------------------------------------------------------------- declarations
+    @property
+    def task(self) -> str:
+        """The Hub pipeline tag of what this model does: a classifier, or features without a head."""
+        return "image-classification" if self.num_classes > 0 else "image-feature-extraction"
+
+    def flops(self, grid_size: tuple[int, int], features_only: bool = False) -> dict[str, int]:
+        """Matrix-product FLOPs of one image with a (gh, gw) patch grid, from each part's own ``flops``.
+
+        Names: ``patch_embed``, ``encoder.<block component>`` (summed over blocks), ``head`` (on the
+        class token / pooled token, or on every token with ``global_pool=''``) unless ``features_only``.
+        Raises TypeError naming a block that declares no ``flops``.
+        """
+        n = self.num_prefix_tokens + grid_size[0] * grid_size[1]
+        embed_flops = require(self.patch_embed, "flops", "patch embedding", "count FLOPs of")
+        parts = [prefixed("patch_embed", embed_flops(grid_size))]
+        for i, blk in enumerate(self.blocks):
+            parts.append(prefixed("encoder", require(blk, "flops", f"encoder block {i}", "count FLOPs of")(n)))
+        if not features_only and isinstance(self.head, nn.Linear):
+            parts.append({"head": linear_flops(self.head, n if self.global_pool == "" else 1)})
+        return merge(*parts)
 
     # ----------------------------------------------------------------------------- forward
     def position_table(self, grid_size: tuple[int, int]) -> torch.Tensor:

@@ -8,13 +8,14 @@ token before the positions are added. Masking follows MAE exactly (per-sample ar
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from einops import rearrange
 from timm.models import checkpoint_seq
 from torch import nn
 
+from ..layers.declare import linear_flops, merge, prefixed, require
 from ._encoder import TokenEncoder
 
 
@@ -40,21 +41,40 @@ class MAEOutput:
         return iter((self.loss, self.pred, self.mask))
 
 
+PIXEL_STATS = ("patch", "visible")
+
+
 @dataclass
 class MAEReconstruction:
     """Images (B, C, H, W) in the input's normalised space, for display or evaluation.
+
+    Under ``norm_pix_loss`` the model predicts each patch normalised by its own mean and std, so the
+    prediction must be un-normalised with some statistics before it can be shown:
+
+    * ``pixel_stats='patch'`` (default; MAE's display convention, ``facebookresearch/mae``'s
+      visualisation notebook): every patch with its OWN true mean and std. For a removed patch those
+      come from the hidden pixels: the picture of a hidden patch moves when only hidden pixels change
+      although the prediction is identical, so it is not the model's reconstruction alone
+      (pengzhiliang/MAE-pytorch#40). Good for judging structure, not for judging what was inferred.
+    * ``pixel_stats='visible'`` (leak-free): kept patches with their own statistics (they are
+      visible), removed patches with the average statistics of the image's VISIBLE patches (mean of
+      their means, mean of their stds): the picture depends on visible pixels and the prediction only.
+
+    Without ``norm_pix_loss`` the prediction is in pixel space and both give the same images.
 
     Attributes:
         masked: the input with removed patches set to zero.
         reconstruction: the model's prediction for every patch.
         pasted: kept patches from the input, removed ones from the prediction.
         mask: (B, 1, H, W), 1 where a patch was removed.
+        pixel_stats: ``'patch'`` or ``'visible'`` (see above); ``None`` without ``norm_pix_loss``.
     """
 
     masked: torch.Tensor
     reconstruction: torch.Tensor
     pasted: torch.Tensor
     mask: torch.Tensor
+    pixel_stats: str | None = None
 
 
 def check_mask_ratio(mask_ratio: object) -> float:
@@ -83,6 +103,9 @@ class MaskedAutoencoder(nn.Module):
     Source: He et al., arXiv 2111.06377 (masking and loss), facebookresearch/mae ``models_mae.py``; the
     encoder runs over the full sequence with mask tokens, as CRATE-MAE's official code.
     """
+
+    adaptable_args: ClassVar[frozenset[str]] = frozenset({"mask_ratio", "norm_pix_loss"})
+    """Arguments a checkpoint may be reloaded with other values of (they change training, not the weights)."""
 
     encoder: TokenEncoder
     decoder_embed: nn.Module
@@ -210,21 +233,69 @@ class MaskedAutoencoder(nn.Module):
 
     @torch.no_grad()
     def reconstruct(
-        self, imgs: torch.Tensor, mask_ratio: float | None = None, noise: torch.Tensor | None = None
+        self,
+        imgs: torch.Tensor,
+        mask_ratio: float | None = None,
+        noise: torch.Tensor | None = None,
+        pixel_stats: str = "patch",
     ) -> MAEReconstruction:
-        """Masked input, reconstruction and the two pasted together, as images like ``imgs``."""
+        """Masked input, reconstruction and the two pasted together, as images like ``imgs``.
+
+        ``pixel_stats`` chooses how a ``norm_pix_loss`` prediction is un-normalised: ``'patch'``
+        (MAE's display convention: each patch's own true statistics, which for removed patches leak
+        hidden pixels) or ``'visible'`` (leak-free: removed patches get the visible patches' average
+        statistics). See ``MAEReconstruction``. Raises ValueError for another value.
+        """
+        if pixel_stats not in PIXEL_STATS:
+            raise ValueError(
+                f"pixel_stats must be 'patch' (each patch's own true statistics, MAE's display convention) or "
+                f"'visible' (leak-free: the visible patches' statistics), got {pixel_stats!r}"
+            )
         out = self(imgs, mask_ratio=mask_ratio, noise=noise)
         pred = out.pred.float()
-        if self.norm_pix_loss:  # back from per-patch normalised pixels, with the input's statistics
+        if self.norm_pix_loss:  # back from per-patch normalised pixels
             target = self.patchify(imgs).float()
-            pred = pred * (target.var(dim=-1, keepdim=True) + 1.0e-6) ** 0.5 + target.mean(dim=-1, keepdim=True)
+            mean = target.mean(dim=-1, keepdim=True)  # (B, L, 1)
+            std = (target.var(dim=-1, keepdim=True) + 1.0e-6) ** 0.5
+            if pixel_stats == "visible":
+                kept = (1 - out.mask).unsqueeze(-1)  # (B, L, 1); MAE keeps at least one patch
+                count = kept.sum(dim=1, keepdim=True)
+                removed = out.mask.unsqueeze(-1).bool()
+                mean = torch.where(removed, (mean * kept).sum(dim=1, keepdim=True) / count, mean)
+                std = torch.where(removed, (std * kept).sum(dim=1, keepdim=True) / count, std)
+            pred = pred * std + mean
         grid = self.encoder.patch_embed.dynamic_grid(imgs)
         recon = self.unpatchify(pred, grid).to(imgs.dtype)
         mask = self.unpatchify(out.mask[..., None].expand(-1, -1, self.patch_size**2 * self.in_chans), grid)
         mask = mask[:, :1].to(imgs.dtype)
         return MAEReconstruction(
-            masked=imgs * (1 - mask), reconstruction=recon, pasted=imgs * (1 - mask) + recon * mask, mask=mask
+            masked=imgs * (1 - mask),
+            reconstruction=recon,
+            pasted=imgs * (1 - mask) + recon * mask,
+            mask=mask,
+            pixel_stats=pixel_stats if self.norm_pix_loss else None,
         )
+
+    @property
+    def task(self) -> str:
+        """The Hub pipeline tag: a masked autoencoder is a pretrained feature extractor (with a head, a classifier)."""
+        return "image-classification" if self.num_classes > 0 else "image-feature-extraction"
+
+    def flops(self, grid_size: tuple[int, int], features_only: bool = False) -> dict[str, int]:
+        """FLOPs of one masked-reconstruction forward (the encoder's, then ``decoder_embed``,
+        ``decoder.<block component>``, ``decoder_pred`` on every token); ``features_only``: the encoder's.
+
+        The encoder runs on the full sequence, so the count does not depend on the mask ratio.
+        """
+        parts = [self.encoder.flops(grid_size, features_only=True)]
+        if not features_only:
+            n = self.encoder.num_prefix_tokens + grid_size[0] * grid_size[1]
+            if isinstance(self.decoder_embed, nn.Linear):
+                parts.append({"decoder_embed": linear_flops(self.decoder_embed, n)})
+            for i, blk in enumerate(self.decoder_blocks):
+                parts.append(prefixed("decoder", require(blk, "flops", f"decoder block {i}", "count FLOPs of")(n)))
+            parts.append({"decoder_pred": linear_flops(self.decoder_pred, n)})  # the class row is dropped after
+        return merge(*parts)
 
     # ----------------------------------------------------------------------------- backbone interface
     @property

@@ -8,7 +8,6 @@ with a convolutional embedding, fixed sin-cos positions and a final LN, is the C
 
 from __future__ import annotations
 
-import re
 from typing import Any, Literal
 
 import torch
@@ -18,15 +17,21 @@ from torch import nn
 from registry import build_model_with_cfg, generate_default_cfgs, register_model
 
 from ..layers import CrateBlock
-from ._adapt import adapt_state_dict, clean_state_dict, prenorm_block, rename_all
-from ._args import check_float, check_rates
-from ._encoder import GlobalPool, TokenEncoder
+from ._adapt import adapt_state_dict, clean_state_dict
+from ._args import check_float, check_rates, forwards_to
+from ._encoder import TokenEncoder
+from ._official import crate_mae_official_to_native, crate_official_to_native, is_official_crate, is_official_crate_mae
 
 __all__ = ["CRATE"]
 
 
+@forwards_to(TokenEncoder, fixed=("block_fn", "block_kwargs"))
 class CRATE(TokenEncoder):
     """CRATE backbone / classifier.
+
+    Keyword arguments only; those not listed in the signature of ``__init__`` (geometry, width, depth,
+    heads, head, regularisation, ``dynamic_img_size``) go to ``TokenEncoder`` with its defaults
+    (``inspect.signature(CRATE)`` lists them all).
 
     Args:
         img_size, patch_size, in_chans: input geometry.
@@ -46,52 +51,32 @@ class CRATE(TokenEncoder):
 
     def __init__(
         self,
-        img_size: int | tuple[int, int] = 224,
-        patch_size: int = 16,
-        in_chans: int = 3,
-        num_classes: int = 1000,
-        global_pool: GlobalPool = "token",
-        embed_dim: int = 768,
-        depth: int = 12,
-        num_heads: int = 12,
+        *,
         eta: float = 0.1,
         lambd: float = 0.1,
         embed_layer: Literal["conv", "linear"] = "linear",
         pos_embed: Literal["sincos", "learn"] = "learn",
         final_norm: bool = False,
         fc_norm: bool = True,
-        drop_rate: float = 0.0,
-        pos_drop_rate: float = 0.0,
         attn_drop_rate: float = 0.0,
         proj_drop_rate: float = 0.0,
-        drop_path_rate: float = 0.0,
-        dynamic_img_size: bool = False,
         fused_attn: bool | None = None,
+        **kwargs: Any,
     ) -> None:
         check_float("eta", eta, 0.0, open_low=True)
         check_float("lambd", lambd, 0.0)
         check_rates(attn_drop_rate=attn_drop_rate, proj_drop_rate=proj_drop_rate)
+        block_kwargs = dict(
+            eta=eta, lambd=lambd, attn_drop=attn_drop_rate, proj_drop=proj_drop_rate, fused_attn=fused_attn
+        )
         super().__init__(
             block_fn=CrateBlock,
-            img_size=img_size,
-            patch_size=patch_size,
-            in_chans=in_chans,
-            num_classes=num_classes,
-            global_pool=global_pool,
-            embed_dim=embed_dim,
-            depth=depth,
-            num_heads=num_heads,
             embed_layer=embed_layer,
             pos_embed=pos_embed,
             final_norm=final_norm,
             fc_norm=fc_norm,
-            drop_rate=drop_rate,
-            pos_drop_rate=pos_drop_rate,
-            drop_path_rate=drop_path_rate,
-            dynamic_img_size=dynamic_img_size,
-            block_kwargs=dict(
-                eta=eta, lambd=lambd, attn_drop=attn_drop_rate, proj_drop=proj_drop_rate, fused_attn=fused_attn
-            ),
+            block_kwargs=block_kwargs,
+            **kwargs,
         )
         # Official initialisation: PyTorch defaults, N(0, 1) class token and learned positions.
         nn.init.normal_(self.cls_token)
@@ -99,41 +84,9 @@ class CRATE(TokenEncoder):
             nn.init.normal_(self.pos_embed)
 
 
-def is_official_crate(state_dict: dict[str, torch.Tensor]) -> bool:
-    return any(k.startswith(("transformer.layers.", "to_patch_embedding.")) for k in state_dict)
-
-
-def crate_official_to_native(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Official supervised CRATE keys (``model/crate.py``: ``to_patch_embedding.{1,2,3}``, ``pos_embedding``,
-    ``transformer.layers.i.{0,1}`` with ``PreNorm``, ``mlp_head.{0,1}``) -> ``CRATE`` keys."""
-    fixed = {
-        "pos_embedding": "pos_embed",
-        "cls_token": "cls_token",
-        "mlp_head.0.weight": "fc_norm.weight",
-        "mlp_head.0.bias": "fc_norm.bias",
-        "mlp_head.1.weight": "head.weight",
-        "mlp_head.1.bias": "head.bias",
-    }
-    embed = {"1": "patch_embed.norm_in", "2": "patch_embed.proj", "3": "patch_embed.norm_out"}
-
-    def rename(k: str) -> str | None:
-        if k in fixed:
-            return fixed[k]
-        if m := re.fullmatch(r"to_patch_embedding\.([123])\.(weight|bias)", k):
-            return f"{embed[m.group(1)]}.{m.group(2)}"
-        if m := re.fullmatch(r"transformer\.layers\.(\d+)\.(.+)", k):
-            leaf = prenorm_block(m.group(2), ("attn", "ista"))
-            return f"blocks.{m.group(1)}.{leaf}" if leaf else None
-        return None
-
-    return rename_all(state_dict, rename, "official CRATE")
-
-
 def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
     """Official supervised CRATE, native, or a CRATE-MAE checkpoint (official or ours: its encoder, for
     fine-tuning and probing) -> ``model``, adapted to its ``num_classes`` / ``in_chans`` / ``img_size``."""
-    from .crate_mae import crate_mae_official_to_native, is_official_crate_mae  # crate_mae imports this module
-
     sd = clean_state_dict(state_dict)
     if is_official_crate(sd):
         sd = crate_official_to_native(sd)
@@ -181,29 +134,32 @@ default_cfgs = generate_default_cfgs(
 )
 
 
-def _create_crate(variant: str, pretrained: bool = False, **kwargs: Any) -> CRATE:
-    return build_model_with_cfg(CRATE, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn, **kwargs)
+def _create(variant: str, pretrained: bool, defaults: dict[str, Any], **kwargs: Any) -> CRATE:
+    """Every entry point: the variant's ``defaults`` under the caller's ``kwargs``."""
+    return build_model_with_cfg(
+        CRATE, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn, **{**defaults, **kwargs}
+    )
 
 
 @register_model
 def crate_tiny(pretrained: bool = False, **kwargs: Any) -> CRATE:
     """CRATE-T/16 (d 384, 6 heads, 12 layers; 6.09M parameters at 1000 classes)."""
-    return _create_crate("crate_tiny", pretrained, **dict(dict(embed_dim=384, depth=12, num_heads=6), **kwargs))
+    return _create("crate_tiny", pretrained, dict(embed_dim=384, depth=12, num_heads=6), **kwargs)
 
 
 @register_model
 def crate_small(pretrained: bool = False, **kwargs: Any) -> CRATE:
     """CRATE-S/16 (d 576, 12 heads, 12 layers; 13.12M parameters)."""
-    return _create_crate("crate_small", pretrained, **dict(dict(embed_dim=576, depth=12, num_heads=12), **kwargs))
+    return _create("crate_small", pretrained, dict(embed_dim=576, depth=12, num_heads=12), **kwargs)
 
 
 @register_model
 def crate_base(pretrained: bool = False, **kwargs: Any) -> CRATE:
     """CRATE-B/16 (d 768, 12 heads, 12 layers; 22.80M parameters)."""
-    return _create_crate("crate_base", pretrained, **dict(dict(embed_dim=768, depth=12, num_heads=12), **kwargs))
+    return _create("crate_base", pretrained, dict(embed_dim=768, depth=12, num_heads=12), **kwargs)
 
 
 @register_model
 def crate_large(pretrained: bool = False, **kwargs: Any) -> CRATE:
     """CRATE-L/16 (d 1024, 16 heads, 24 layers; 77.64M parameters)."""
-    return _create_crate("crate_large", pretrained, **dict(dict(embed_dim=1024, depth=24, num_heads=16), **kwargs))
+    return _create("crate_large", pretrained, dict(embed_dim=1024, depth=24, num_heads=16), **kwargs)

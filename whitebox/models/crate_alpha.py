@@ -10,7 +10,6 @@ The two published PyTorch files (B/16, L/14) come from the Hugging Face Hub.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import torch
@@ -20,15 +19,20 @@ from torch import nn
 from registry import build_model_with_cfg, generate_default_cfgs, register_model
 
 from ..layers import CrateAlphaBlock
-from ._adapt import adapt_state_dict, clean_state_dict, prenorm_block, rename_all
-from ._args import check_float, check_int, check_rates
-from ._encoder import GlobalPool, TokenEncoder
+from ._adapt import adapt_state_dict, clean_state_dict
+from ._args import check_float, check_int, check_rates, forwards_to
+from ._encoder import TokenEncoder
+from ._official import crate_alpha_official_to_native, is_official_crate_alpha
 
 __all__ = ["CrateAlpha"]
 
 
+@forwards_to(TokenEncoder, fixed=("block_fn", "block_kwargs", "embed_layer", "pos_embed", "final_norm", "fc_norm"))
 class CrateAlpha(TokenEncoder):
     """CRATE-alpha backbone / classifier.
+
+    Keyword arguments only; the geometry, width, depth, heads, head and regularisation arguments go to
+    ``TokenEncoder`` with its defaults (``inspect.signature(CrateAlpha)`` lists them all).
 
     Args:
         img_size, patch_size, in_chans: input geometry (the published models: 224 px, patch 8 to 32).
@@ -44,55 +48,35 @@ class CrateAlpha(TokenEncoder):
 
     def __init__(
         self,
-        img_size: int | tuple[int, int] = 224,
-        patch_size: int = 16,
-        in_chans: int = 3,
-        num_classes: int = 1000,
-        global_pool: GlobalPool = "token",
-        embed_dim: int = 768,
-        depth: int = 12,
-        num_heads: int = 12,
+        *,
         expansion: int = 4,
         eta: float = 0.1,
         lambd: float = 0.1,
-        drop_rate: float = 0.0,
-        pos_drop_rate: float = 0.0,
         attn_drop_rate: float = 0.0,
         proj_drop_rate: float = 0.0,
-        drop_path_rate: float = 0.0,
-        dynamic_img_size: bool = False,
         fused_attn: bool | None = None,
+        **kwargs: Any,
     ) -> None:
         check_int("expansion", expansion, 1, 64)
         check_float("eta", eta, 0.0, open_low=True)
         check_float("lambd", lambd, 0.0)
         check_rates(attn_drop_rate=attn_drop_rate, proj_drop_rate=proj_drop_rate)
+        block_kwargs = dict(
+            expansion=expansion,
+            eta=eta,
+            lambd=lambd,
+            attn_drop=attn_drop_rate,
+            proj_drop=proj_drop_rate,
+            fused_attn=fused_attn,
+        )
         super().__init__(
             block_fn=CrateAlphaBlock,
-            img_size=img_size,
-            patch_size=patch_size,
-            in_chans=in_chans,
-            num_classes=num_classes,
-            global_pool=global_pool,
-            embed_dim=embed_dim,
-            depth=depth,
-            num_heads=num_heads,
             embed_layer="conv",
             pos_embed="learn",
             final_norm=False,  # the only final norm is the head's LN (eps 1e-5, as the official mlp_head.0)
             fc_norm=True,
-            drop_rate=drop_rate,
-            pos_drop_rate=pos_drop_rate,
-            drop_path_rate=drop_path_rate,
-            dynamic_img_size=dynamic_img_size,
-            block_kwargs=dict(
-                expansion=expansion,
-                eta=eta,
-                lambd=lambd,
-                attn_drop=attn_drop_rate,
-                proj_drop=proj_drop_rate,
-                fused_attn=fused_attn,
-            ),
+            block_kwargs=block_kwargs,
+            **kwargs,
         )
         self.init_weights()
 
@@ -113,37 +97,6 @@ class CrateAlpha(TokenEncoder):
         if isinstance(self.head, nn.Linear):
             nn.init.normal_(self.head.weight, std=0.02)
             nn.init.zeros_(self.head.bias)
-
-
-def is_official_crate_alpha(state_dict: dict[str, torch.Tensor]) -> bool:
-    return "conv1.weight" in state_dict or any(k.endswith(".fn.D") for k in state_dict)
-
-
-def crate_alpha_official_to_native(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Official keys (``torch_inference/model/crate_alpha.py``: ``conv1``, ``pos_embedding``, ``cls_token``,
-    ``transformer.layers.i.{0,1}`` with ``PreNorm``, ``mlp_head.{0,1}``) -> ``CrateAlpha`` keys."""
-    fixed = {
-        "conv1.weight": "patch_embed.proj.weight",
-        "conv1.bias": "patch_embed.proj.bias",
-        "pos_embedding": "pos_embed",
-        "cls_token": "cls_token",
-        "mlp_head.0.weight": "fc_norm.weight",
-        "mlp_head.0.bias": "fc_norm.bias",
-        "mlp_head.1.weight": "head.weight",
-        "mlp_head.1.bias": "head.bias",
-    }
-
-    def rename(k: str) -> str | None:
-        if k in fixed:
-            return fixed[k]
-        if m := re.fullmatch(r"transformer\.layers\.(\d+)\.1\.fn\.(D1?)", k):  # the two dictionaries, as named
-            return f"blocks.{m.group(1)}.ista.{m.group(2)}"
-        if m := re.fullmatch(r"transformer\.layers\.(\d+)\.(.+)", k):
-            leaf = prenorm_block(m.group(2), ("attn", "ista"))
-            return f"blocks.{m.group(1)}.{leaf}" if leaf and not leaf.startswith("ista.") else None
-        return None
-
-    return rename_all(state_dict, rename, "official CRATE-alpha")
 
 
 def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
@@ -210,6 +163,7 @@ LARGE = dict(embed_dim=1024, depth=24, num_heads=16)
 
 
 def _create(variant: str, pretrained: bool, defaults: dict[str, Any], **kwargs: Any) -> CrateAlpha:
+    """Every entry point: the variant's ``defaults`` under the caller's ``kwargs``."""
     return build_model_with_cfg(
         CrateAlpha, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn, **{**defaults, **kwargs}
     )

@@ -10,7 +10,6 @@ and no second copy of the position table are created.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import torch
@@ -20,16 +19,22 @@ from torch import nn
 from registry import build_model_with_cfg, generate_default_cfgs, register_model
 
 from ..layers import CrateDecoderBlock
-from ._adapt import MAE_UNUSED, adapt_state_dict, check_sincos, clean_state_dict, prenorm_block, rename_all
-from ._args import MAX_DEPTH, check_int, check_width
+from ._adapt import adapt_state_dict, check_sincos, clean_state_dict
+from ._args import MAX_DEPTH, check_int, check_width, forwarded, forwards_to
 from ._mae import MaskedAutoencoder
+from ._official import crate_mae_official_to_native, is_official_crate_mae
 from .crate import CRATE
 
 __all__ = ["CrateMAE"]
 
 
+@forwards_to(CRATE, fixed=("embed_layer", "pos_embed", "final_norm", "fc_norm"))
 class CrateMAE(MaskedAutoencoder):
     """CRATE-MAE autoencoder.
+
+    Keyword arguments only; those not listed in ``__init__`` go to its encoder, a ``CRATE`` (with a conv
+    patch embedding, fixed sin-cos positions and a final norm), with CRATE's defaults
+    (``inspect.signature(CrateMAE)`` lists them all).
 
     Args:
         img_size, patch_size, in_chans: input geometry (any size divisible by the patch runs).
@@ -45,44 +50,31 @@ class CrateMAE(MaskedAutoencoder):
 
     def __init__(
         self,
-        img_size: int | tuple[int, int] = 224,
-        patch_size: int = 16,
-        in_chans: int = 3,
-        embed_dim: int = 768,
-        depth: int = 12,
-        num_heads: int = 12,
+        *,
         decoder_depth: int | None = None,
         decoder_num_heads: int | None = None,
-        eta: float = 0.1,
         lambd: float = 0.5,
         norm_pix_loss: bool = False,
         mask_ratio: float = 0.75,
         num_classes: int = 0,
-        global_pool: str = "token",
-        drop_path_rate: float = 0.0,
         fused_attn: bool | None = None,
+        **kwargs: Any,
     ) -> None:
+        embed_dim, depth, num_heads = (forwarded(kwargs, CRATE, k) for k in ("embed_dim", "depth", "num_heads"))
+        patch_size, in_chans = forwarded(kwargs, CRATE, "patch_size"), forwarded(kwargs, CRATE, "in_chans")
         decoder_depth = depth if decoder_depth is None else check_int("decoder_depth", decoder_depth, 0, MAX_DEPTH)
         decoder_num_heads = num_heads if decoder_num_heads is None else decoder_num_heads
         check_width(embed_dim, decoder_num_heads)
         super().__init__(embed_dim, norm_pix_loss=norm_pix_loss, mask_ratio=mask_ratio)
         self.encoder = CRATE(
-            img_size=img_size,
-            patch_size=patch_size,
-            in_chans=in_chans,
-            num_classes=num_classes,
-            global_pool=global_pool,
-            embed_dim=embed_dim,
-            depth=depth,
-            num_heads=num_heads,
-            eta=eta,
             lambd=lambd,
+            num_classes=num_classes,
             embed_layer="conv",
             pos_embed="sincos",
             final_norm=True,
             fc_norm=False,
-            drop_path_rate=drop_path_rate,
             fused_attn=fused_attn,
+            **kwargs,
         )
         self.decoder_embed = nn.Identity()  # decoder width = encoder width
         self.decoder_blocks = nn.Sequential(
@@ -98,34 +90,6 @@ class CrateMAE(MaskedAutoencoder):
         super().init_weights()
         for blk in self.decoder_blocks:  # the official E is not an nn.Linear: it keeps kaiming init
             nn.init.kaiming_uniform_(blk.linear.weight)
-
-
-def is_official_crate_mae(state_dict: dict[str, torch.Tensor]) -> bool:
-    return "blocks.0.layers.0.0.fn.qkv.weight" in state_dict
-
-
-def crate_mae_official_to_native(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Official CRATE-MAE keys (``model/crate_ae/crate_ae.py``: ``MaskedAutoencoderViT`` with ``PreNorm``
-    blocks ``blocks.i.layers.0.{0,1}``, attention then the ISTA dictionary in the encoder, the linear
-    step then attention in the decoder) -> ``CrateMAE`` keys; unused tensors are dropped."""
-
-    def rename(k: str) -> str | None:
-        if k in MAE_UNUSED:
-            return ""
-        if k in ("mask_token", "decoder_norm.weight", "decoder_norm.bias", "decoder_pred.weight", "decoder_pred.bias"):
-            return k
-        if k in ("cls_token", "norm.weight", "norm.bias") or k.startswith("patch_embed."):
-            return f"encoder.{k}"
-        m = re.fullmatch(r"(blocks|decoder_blocks)\.(\d+)\.layers\.0\.(.+)", k)
-        if m is None:
-            return None
-        decoder = m.group(1) == "decoder_blocks"
-        leaf = prenorm_block(m.group(3), ("linear", "attn") if decoder else ("attn", "ista"))
-        if leaf is None:
-            return None
-        return f"decoder_blocks.{m.group(2)}.{leaf}" if decoder else f"encoder.blocks.{m.group(2)}.{leaf}"
-
-    return rename_all(state_dict, rename, "official CRATE-MAE")
 
 
 def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
@@ -176,29 +140,32 @@ default_cfgs = generate_default_cfgs(
 )
 
 
-def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> CrateMAE:
-    return build_model_with_cfg(CrateMAE, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn, **kwargs)
+def _create(variant: str, pretrained: bool, defaults: dict[str, Any], **kwargs: Any) -> CrateMAE:
+    """Every entry point: the variant's ``defaults`` under the caller's ``kwargs``."""
+    return build_model_with_cfg(
+        CrateMAE, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn, **{**defaults, **kwargs}
+    )
 
 
 @register_model
 def crate_mae_tiny(pretrained: bool = False, **kwargs: Any) -> CrateMAE:
     """CRATE-MAE-T/16 (d 384, 6 heads, 12 + 12 layers)."""
-    return _create("crate_mae_tiny", pretrained, **dict(dict(embed_dim=384, depth=12, num_heads=6), **kwargs))
+    return _create("crate_mae_tiny", pretrained, dict(embed_dim=384, depth=12, num_heads=6), **kwargs)
 
 
 @register_model
 def crate_mae_small(pretrained: bool = False, **kwargs: Any) -> CrateMAE:
     """CRATE-MAE-S/16 (d 576, 12 heads, 12 + 12 layers)."""
-    return _create("crate_mae_small", pretrained, **dict(dict(embed_dim=576, depth=12, num_heads=12), **kwargs))
+    return _create("crate_mae_small", pretrained, dict(embed_dim=576, depth=12, num_heads=12), **kwargs)
 
 
 @register_model
 def crate_mae_base(pretrained: bool = False, **kwargs: Any) -> CrateMAE:
     """CRATE-MAE-B/16 (d 768, 12 heads, 12 + 12 layers; 43.75M trainable parameters)."""
-    return _create("crate_mae_base", pretrained, **dict(dict(embed_dim=768, depth=12, num_heads=12), **kwargs))
+    return _create("crate_mae_base", pretrained, dict(embed_dim=768, depth=12, num_heads=12), **kwargs)
 
 
 @register_model
 def crate_mae_large(pretrained: bool = False, **kwargs: Any) -> CrateMAE:
     """CRATE-MAE-L/16 (d 1024, 16 heads, 24 + 24 layers)."""
-    return _create("crate_mae_large", pretrained, **dict(dict(embed_dim=1024, depth=24, num_heads=16), **kwargs))
+    return _create("crate_mae_large", pretrained, dict(embed_dim=1024, depth=24, num_heads=16), **kwargs)

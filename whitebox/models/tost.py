@@ -113,6 +113,7 @@ class ToSTBlock(nn.Module):
             compression=(Probe(self, "input"), Probe(self.norm2, "input")),
             subspaces=self.attn.subspaces,
             maps=self.attn,
+            num_prefix_tokens=0,  # TSSA sees the patch tokens only; the class token joins later
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """ViT-MAE built from timm blocks in the CRATE-MAE harness: the paper's comparison baseline.
 
 Same masking, full-sequence encoder, loss and interface as ``CrateMAE``; only the blocks differ
-(timm ``Block``: MLP ratio 4, no qkv bias, LayerNorm eps 1e-5, as the official harness builds
+(timm ``Block`` as ``TransformerBlock``: MLP ratio 4, no qkv bias, LayerNorm eps 1e-5, as the official harness builds
 them). The decoder has 8 blocks at the encoder's width (16 heads). The official harness also
 builds an unused ``decoder_embed`` (0.59M in Base); here it exists only when
 ``decoder_embed_dim`` differs from the encoder width, where it is used.
@@ -13,19 +13,21 @@ from typing import Any
 
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.models.vision_transformer import Block
 from torch import nn
 
 from registry import build_model_with_cfg, generate_default_cfgs, register_model
 
-from ._adapt import MAE_UNUSED, adapt_state_dict, check_sincos, clean_state_dict, rename_all
-from ._args import MAX_DEPTH, check_float, check_int, check_width
+from ..layers import TransformerBlock
+from ._adapt import adapt_state_dict, check_sincos, clean_state_dict
+from ._args import MAX_DEPTH, check_float, check_int, check_width, forwarded, forwards_to
 from ._encoder import TokenEncoder
 from ._mae import MaskedAutoencoder
+from ._official import vit_mae_official_to_native
 
 __all__ = ["ViTMAE"]
 
 
+@forwards_to(TokenEncoder, fixed=("block_fn", "block_kwargs", "embed_layer", "pos_embed", "final_norm"))
 class ViTMAE(MaskedAutoencoder):
     """Masked autoencoder with ViT blocks (encoder over the full sequence, as CRATE-MAE's).
 
@@ -42,18 +44,16 @@ class ViTMAE(MaskedAutoencoder):
         num_classes, global_pool: the encoder's head (0: none).
         drop_path_rate: stochastic depth of the encoder.
 
+    Keyword arguments only; those not listed in ``__init__`` go to its ``TokenEncoder`` with its
+    defaults (``inspect.signature(ViTMAE)`` lists them all).
+
     Raises:
         ValueError: a width, depth, ratio or rate out of range (named, with the allowed values).
     """
 
     def __init__(
         self,
-        img_size: int | tuple[int, int] = 224,
-        patch_size: int = 16,
-        in_chans: int = 3,
-        embed_dim: int = 768,
-        depth: int = 12,
-        num_heads: int = 12,
+        *,
         decoder_embed_dim: int | None = None,
         decoder_depth: int = 8,
         decoder_num_heads: int = 16,
@@ -62,57 +62,39 @@ class ViTMAE(MaskedAutoencoder):
         norm_pix_loss: bool = False,
         mask_ratio: float = 0.75,
         num_classes: int = 0,
-        global_pool: str = "token",
-        drop_path_rate: float = 0.0,
+        **kwargs: Any,
     ) -> None:
+        embed_dim = forwarded(kwargs, TokenEncoder, "embed_dim")
+        patch_size, in_chans = (
+            forwarded(kwargs, TokenEncoder, "patch_size"),
+            forwarded(kwargs, TokenEncoder, "in_chans"),
+        )
         decoder_embed_dim = embed_dim if decoder_embed_dim is None else decoder_embed_dim
         check_width(decoder_embed_dim, decoder_num_heads)
         check_int("decoder_depth", decoder_depth, 0, MAX_DEPTH)
         check_float("mlp_ratio", mlp_ratio, 0.0, 64.0, open_low=True)
         super().__init__(embed_dim, norm_pix_loss=norm_pix_loss, mask_ratio=mask_ratio)
         self.encoder = TokenEncoder(
-            block_fn=Block,
-            img_size=img_size,
-            patch_size=patch_size,
-            in_chans=in_chans,
+            block_fn=TransformerBlock,
             num_classes=num_classes,
-            global_pool=global_pool,
-            embed_dim=embed_dim,
-            depth=depth,
-            num_heads=num_heads,
             embed_layer="conv",
             pos_embed="sincos",
             final_norm=True,
-            drop_path_rate=drop_path_rate,
             block_kwargs=dict(mlp_ratio=mlp_ratio, qkv_bias=qkv_bias),
+            **kwargs,
         )
         self.decoder_embed = (
             nn.Linear(embed_dim, decoder_embed_dim) if decoder_embed_dim != embed_dim else nn.Identity()
         )
         self.decoder_blocks = nn.Sequential(
             *[
-                Block(decoder_embed_dim, decoder_num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias)
+                TransformerBlock(decoder_embed_dim, decoder_num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias)
                 for _ in range(decoder_depth)
             ]
         )
         self.decoder_norm = nn.LayerNorm(decoder_embed_dim, eps=1e-6)
         self.decoder_pred = nn.Linear(decoder_embed_dim, patch_size**2 * in_chans)
         self.init_weights()
-
-
-def vit_mae_official_to_native(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """facebookresearch/mae-style ViT keys (as the CRATE repo's ``mae_vit_*`` builds them) -> ``ViTMAE`` keys."""
-
-    def rename(k: str) -> str | None:
-        if k in MAE_UNUSED:
-            return ""
-        if k == "mask_token" or k.startswith(("decoder_blocks.", "decoder_norm.", "decoder_pred.")):
-            return k
-        if k.startswith(("patch_embed.", "blocks.", "norm.")) or k == "cls_token":
-            return f"encoder.{k}"
-        return None
-
-    return rename_all(state_dict, rename, "official MAE")
 
 
 def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
@@ -144,17 +126,20 @@ default_cfgs = generate_default_cfgs(
 )
 
 
-def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> ViTMAE:
-    return build_model_with_cfg(ViTMAE, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn, **kwargs)
+def _create(variant: str, pretrained: bool, defaults: dict[str, Any], **kwargs: Any) -> ViTMAE:
+    """Every entry point: the variant's ``defaults`` under the caller's ``kwargs``."""
+    return build_model_with_cfg(
+        ViTMAE, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn, **{**defaults, **kwargs}
+    )
 
 
 @register_model
 def vit_mae_base(pretrained: bool = False, **kwargs: Any) -> ViTMAE:
     """ViT-MAE-B/16 twin of CRATE-MAE-B (d 768, 12 heads, 12 encoder + 8 decoder blocks)."""
-    return _create("vit_mae_base", pretrained, **dict(dict(embed_dim=768, depth=12, num_heads=12), **kwargs))
+    return _create("vit_mae_base", pretrained, dict(embed_dim=768, depth=12, num_heads=12), **kwargs)
 
 
 @register_model
 def vit_mae_large(pretrained: bool = False, **kwargs: Any) -> ViTMAE:
     """ViT-MAE-L/16 twin of CRATE-MAE-L (d 1024, 16 heads, 24 encoder + 8 decoder blocks)."""
-    return _create("vit_mae_large", pretrained, **dict(dict(embed_dim=1024, depth=24, num_heads=16), **kwargs))
+    return _create("vit_mae_large", pretrained, dict(embed_dim=1024, depth=24, num_heads=16), **kwargs)
