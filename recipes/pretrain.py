@@ -20,17 +20,23 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import nn
-
 try:
     import whitebox
 except ImportError:  # a checkout without `pip install -e .`: use the library next to this file
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     import whitebox
 
+from whitebox.cli import start_program
+from whitebox.recipe_args import PRETRAIN_DEFAULTS, PRETRAIN_DEMO, pretrain_parser
+
+if __name__ == "__main__":
+    start_program(pretrain_parser)  # --help answers here, before torch is imported
+
+import torch
+from torch import nn
+
 from whitebox.analysis import reconstruction_grid
-from whitebox.cli import free, integer, number, require
+from whitebox.cli import require
 from whitebox.train import (
     MAEAugment,
     ResumableBatchSampler,
@@ -46,10 +52,6 @@ from whitebox.train import (
 )
 from whitebox.train.checkpoint import seed_everything
 from whitebox.train.common import (
-    add_batch_args,
-    add_lr_args,
-    add_model_shape_args,
-    add_run_args,
     amp_context,
     check_model_name,
     count_params,
@@ -59,71 +61,9 @@ from whitebox.train.common import (
 from whitebox.train.data import fixed_batch
 from whitebox.train.run import run_main
 
-# What ``python recipes/pretrain.py`` with no data argument trains: a small CRATE-MAE on the bundled
-# photos, about a minute on two CPU cores. Flags given on the command line win.
-DEMO_DEFAULTS = dict(
-    img_size=32,
-    patch_size=4,
-    embed_dim=96,
-    depth=4,
-    num_heads=4,
-    epochs=8,
-    batch_size=32,
-    warmup_epochs=1,
-    samples_per_epoch=768,
-    blr=4.0e-3,
-)
-DEFAULTS = dict(epochs=400, batch_size=64, warmup_epochs=40.0, samples_per_epoch=1024, blr=1.5e-4)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        description="MAE pretraining for any registered masked autoencoder (CRATE-MAE, ViT-MAE). With no --data "
-        "it trains a small demo CRATE-MAE on photos bundled with scikit-image: " + str(DEMO_DEFAULTS),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    p.add_argument("--model", default="crate_mae_tiny", help="registered MAE model name")
-    add_model_shape_args(p)
-    p.add_argument("--mask-ratio", type=number(ge=0, lt=1), default=0.75, help="fraction of patches removed, [0, 1)")
-    p.add_argument("--norm-pix-loss", action="store_true", help="regress per-patch normalised pixels")
-    d = p.add_argument_group("data")
-    d.add_argument(
-        "--data", default=None, help="image folder, .npz (arrays or JPEG pack), 'cifar10'; unset: bundled photos"
-    )
-    d.add_argument("--split", default="train")
-    free(d.add_argument("--download", action="store_true", help="let torchvision download CIFAR-10 into --data-root"))
-    free(d.add_argument("--data-root", default="data", help="where --data cifar10 lives"))
-    d.add_argument("--samples-per-epoch", type=integer(gt=0), default=None, help="epoch length for the bundled photos")
-    o = p.add_argument_group("optimisation")
-    o.add_argument("--epochs", type=integer(gt=0), default=None, help="(default 400)")
-    o.add_argument("--steps", type=integer(gt=0), default=None, help="optimizer steps in all (overrides --epochs)")
-    add_batch_args(o, None)
-    add_lr_args(o, None, 0.0)
-    o.add_argument(
-        "--warmup-epochs",
-        type=number(ge=0),
-        default=None,
-        help="(default 40, or with --steps or a run shorter than that: the same tenth of the run)",
-    )
-    o.add_argument("--warmup-steps", type=integer(ge=0), default=None, help="overrides --warmup-epochs")
-    r = add_run_args(p, output="output/pretrain")
-    free(
-        r.add_argument(
-            "--threads",
-            type=integer(gt=0),
-            default=None,
-            help="CPU threads per process (1 avoids spin-waits on a busy CPU)",
-        )
-    )
-    free(r.add_argument("--compile", action="store_true", help="torch.compile the model"))
-    free(r.add_argument("--grad-checkpointing", action="store_true"))
-    r.add_argument("--fsdp", action="store_true", help="shard parameters, gradients and optimizer state (FSDP2)")
-    free(
-        r.add_argument(
-            "--grid-every", type=integer(ge=0), default=0, help="also write a reconstruction grid every N steps"
-        )
-    )
-    return p
+# the demo's values (no --data) and every other run's defaults: defined with the flags, in whitebox.recipe_args
+DEMO_DEFAULTS, DEFAULTS = PRETRAIN_DEMO, PRETRAIN_DEFAULTS
+build_parser = pretrain_parser
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -18,19 +18,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .cli import choice, device, integer
+from .cli import HelpFormatter, add_threads_arg, choice, device, integer, start_program
+
+__all__ = ["HelpFormatter"]  # re-exported: every program's formatter lives in whitebox.cli
 
 AMP_DTYPES = ("float16", "bfloat16")
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows a default once, and only where there is one to show."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ""
-        if "default" in text or action.default in (None, False, [], argparse.SUPPRESS) or action.option_strings == []:
-            return text
-        return text + " (default: %(default)s)"
 
 
 def model_kwarg(text: str) -> tuple[str, Any]:
@@ -91,7 +83,7 @@ def add_runtime_args(parser: argparse.ArgumentParser, batch_size: int | None = 2
         "--amp-dtype", type=choice(AMP_DTYPES), default="float16", metavar="DTYPE", help=", ".join(AMP_DTYPES)
     )
     g.add_argument("--channels-last", action="store_true", help="channels-last memory layout for the images")
-    g.add_argument("--threads", type=integer(gt=0), metavar="N", help="CPU threads for torch (default: torch's)")
+    add_threads_arg(g)
     return g
 
 
@@ -393,8 +385,12 @@ def write_results(rows: list[dict[str, Any]] | dict[str, Any], path: str, fmt: s
         atomic_write_text(path, csv_text(rows if isinstance(rows, list) else [rows]))
 
 
-def run_program(main: Callable[[], Any]) -> int:
-    """A program's entry point: a user error ends with ``error: MESSAGE`` and exit status 1, no traceback."""
+def run_program(main: Callable[[], Any], build_parser: Callable[[], argparse.ArgumentParser] | None = None) -> int:
+    """A program's entry point: a user error ends with ``error: MESSAGE`` and exit status 1, no traceback.
+
+    ``build_parser`` (torch-free) answers ``--help`` before anything heavy is imported."""
+    if build_parser is not None:
+        start_program(build_parser)
     from .train.run import run_main
 
     try:

@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
 
 def cli() -> int:
     """The ``whitebox-inference`` console script."""
-    return run_program(main)
+    return run_program(main, build_parser)
 
 
 if __name__ == "__main__":
