@@ -80,6 +80,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             if getattr(args, key) is None and key != "warmup_epochs":
                 setattr(args, key, value)
     check_run_length(args)
+    require(
+        args.best_by != "knn" or args.knn_data is not None,
+        "--best-by knn needs --knn-data (labelled images for the kNN monitor); give it, or --best-by probe_loss",
+    )
     return args
 
 
@@ -158,6 +162,9 @@ class MAEPretraining(TrainLoop):
         self.probe_imgs, self.probe_noise = fixed_batch(
             base, 32, self.img_size, self.num_patches, args.seed, args.on_bad_image
         )
+        self.knn = KNNMonitor(self.model, args, self.device, self.precision) if args.knn_data else None
+        if args.best_by == "knn":
+            self.score, self.higher_is_better = "knn_top1", True
 
         self.steps_per_epoch = len(base) // (args.batch_size * dist.world_size) // args.accum_iter
         if self.steps_per_epoch == 0:
@@ -278,7 +285,10 @@ class MAEPretraining(TrainLoop):
         self.model.train(was_training)
         if epoch_end:
             self.write_grid()
-        return {"probe_loss": loss}
+        metrics = {"probe_loss": loss}
+        if self.knn is not None:
+            metrics.update(self.knn.evaluate())
+        return metrics
 
     def write_grid(self) -> None:
         """Reconstructions of the probe batch (every rank runs the model: a collective under FSDP)."""
@@ -326,6 +336,74 @@ class MAEPretraining(TrainLoop):
         )
 
 
+class KNNMonitor:
+    """The weighted kNN classifier (DINO's ``eval_knn.py``: cosine similarity, ``k`` neighbours, weights
+    ``exp(s / T)``) on the encoder's class-token features of ``--knn-data``: the train split is the memory
+    bank, the test split the queries. Images reach the encoder through the model's evaluation transform
+    (``whitebox.data_config``). It runs under its own random state: the training's RNG streams (torch,
+    CUDA, NumPy, Python) are restored afterwards, so a run with the monitor trains exactly as one without.
+    """
+
+    def __init__(self, model: nn.Module, args: argparse.Namespace, device: torch.device, precision: str) -> None:
+        from whitebox.data_config import eval_transform
+        from whitebox.train.data import dataset_labels
+
+        self.model, self.args, self.device, self.precision = model, args, device, precision
+        self.sets = {}
+        for split in ("train", "test"):
+            ds = build_dataset(args.knn_data, split, args.download, args.data_root)
+            dataset_labels(ds, f"--knn-data {args.knn_data} ({split} split)")
+            if args.knn_max and len(ds) > args.knn_max:  # a seeded subset, drawn from its own generator
+                g = torch.Generator().manual_seed(args.seed)
+                keep = torch.randperm(len(ds), generator=g)[: args.knn_max].sort().values.tolist()
+                ds = torch.utils.data.Subset(ds, keep)
+            self.sets[split] = ds
+        if args.knn_k > len(self.sets["train"]):
+            raise ValueError(
+                f"--knn-k {args.knn_k} is more than the {len(self.sets['train'])} training images of --knn-data "
+                f"{args.knn_data}; give at most that many"
+            )
+        self.transform = eval_transform(model)
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """``knn_top1`` and ``knn_top5`` (fractions) at the model's current weights."""
+        import random
+
+        import numpy as np
+
+        from whitebox.train.knn import knn_accuracy
+        from whitebox.train.probe import extract_features
+
+        encoder = self.model.encoder
+        was_training = encoder.training
+        py_state, np_state = random.getstate(), np.random.get_state()
+        devices = [self.device] if self.device.type == "cuda" else []
+        try:
+            with torch.random.fork_rng(devices=devices, device_type=self.device.type):
+                feats = {
+                    split: extract_features(
+                        encoder,
+                        ds,
+                        self.model.encoder.patch_embed.img_size[0],
+                        pool="token",
+                        batch_size=self.args.batch_size,
+                        device=self.device,
+                        precision=self.precision,
+                        on_bad_image=self.args.on_bad_image,
+                        transform=self.transform,
+                    )
+                    for split, ds in self.sets.items()
+                }
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
+            encoder.train(was_training)
+        (f_train, y_train), (f_test, y_test) = feats["train"], feats["test"]
+        top1, top5 = knn_accuracy(f_train, y_train, f_test, y_test, k=self.args.knn_k, temperature=self.args.knn_t)
+        return {"knn_top1": top1, "knn_top5": top5}
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     if args.threads:
@@ -338,8 +416,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         cleanup_distributed()
     if info.is_main:
         loss = f" loss {result['loss']:.4f}" if "loss" in result else ""
+        score = "knn_top1" if args.best_by == "knn" else "probe_loss"
         print(
-            f"done: step {result['step']}{loss}, best probe loss {result['best_probe_loss']:.4f} | "
+            f"done: step {result['step']}{loss}, best {score.replace('_', ' ')} {result['best_' + score]:.4f} | "
             f"{result['mean_images_per_s']:.1f} images/s | {result['wall_s']:.1f} s",
             file=sys.stderr,
         )

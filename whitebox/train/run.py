@@ -489,6 +489,10 @@ class TrainLoop:
                 self._save(state, "checkpoint-best.pth")
             self._save(state, "checkpoint-last.pth")
             self.evals.log(row)
+            if self.logger is not None and self.logger.tb is not None:  # evaluations in TensorBoard too
+                for k, v in metrics.items():
+                    if isinstance(v, (int, float)):
+                        self.logger.tb.add_scalar(f"eval/{k}", v, self.step)
         self.saved_step = self.step
         return row
 
