@@ -158,11 +158,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"linear probe top-1 {100 * result['top1']:.2f}% (train {100 * result['train_top1']:.2f}%{baseline}) on "
         f"{result['num_test']} test images | {result['feature_dim']}-d features, {args.pool} pool, "
         f"layer {args.layer if args.layer is not None else 'last'} | "
-        + (
-            f"features from {args.load_features}"
-            if args.load_features and not extract_s
-            else f"extract {extract_s:.1f} s"
-        )
+        + (f"features from {args.load_features}" if loaded else f"extract {extract_s:.1f} s")
         + f", fit {result['fit_s']:.1f} s",
         file=sys.stderr,
     )

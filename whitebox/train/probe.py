@@ -284,6 +284,17 @@ def save_features(path: str | os.PathLike[str], features: dict[str, torch.Tensor
     atomic_save({"features": {k: v.cpu() for k, v in features.items()}, "record": record}, path)
 
 
+def _flat(record: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{'transform': {'crop_pct': 1.0}}`` -> ``{'transform.crop_pct': 1.0}``: a difference names its field."""
+    out: dict[str, Any] = {}
+    for k, v in record.items():
+        if isinstance(v, dict) and k != "model_kwargs":
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
 def load_features(path: str | os.PathLike[str], record: dict[str, Any]) -> dict[str, torch.Tensor]:
     """Features saved by :func:`save_features`, if they were made as ``record`` says.
 
@@ -302,9 +313,10 @@ def load_features(path: str | os.PathLike[str], record: dict[str, Any]) -> dict[
     saved, feats = obj["record"], obj["features"]
     if missing := [k for k in FEATURE_KEYS if k not in feats]:
         raise ValueError(f"--load-features {path} lacks {', '.join(missing)}")
-    differ = [k for k in sorted(set(saved) | set(record)) if saved.get(k) != record.get(k)]
+    then, now = _flat(saved), _flat(record)
+    differ = [k for k in sorted(set(then) | set(now)) if then.get(k) != now.get(k)]
     if differ:
-        lines = "; ".join(f"{k}: {saved.get(k)!r} there, {record.get(k)!r} now" for k in differ)
+        lines = "; ".join(f"{k}: {then.get(k)!r} there, {now.get(k)!r} now" for k in differ)
         raise ValueError(
             f"--load-features {path} holds features of another set-up ({lines}); extract them again "
             "(leave out --load-features) or run with the flags that made them"
