@@ -158,11 +158,10 @@ def test_validate_equals_finetune_with_the_record_transform(tmp_path, extra):
     """Images larger than the model, so the record's crop (0.875, bicubic) or the flags' act on both sides."""
     data = _labelled_npz(tmp_path / "d.npz", n=24, size=23)
     out = tmp_path / "ft"
-    result = finetune(
-        ["--model", "crate_tiny", *SHAPE, "--data", str(data), "--epochs", "1", "--batch-size", "8"]
-        + ["--output", str(out), "--device", "cpu", "--no-progress", "--no-tensorboard", "--mixup", "0"]
-        + ["--cutmix", "0", "--aa", "", "--reprob", "0", "--warmup-epochs", "0", *extra]
-    )
+    argv = ["--model", "crate_tiny", *SHAPE, "--data", str(data), "--epochs", "1", "--batch-size", "8"]
+    argv += ["--output", str(out), "--device", "cpu", "--no-progress", "--no-tensorboard", "--mixup", "0"]
+    argv += ["--cutmix", "0", "--aa", "", "--reprob", "0", "--warmup-epochs", "0", *extra]
+    result = finetune(argv)
     res = validate.main([str(data), "--checkpoint", str(out / "checkpoint-last.pth"), "--split", "test", *extra])
     assert res["num_images"] == 8 and res["crop_pct"] == (0.9 if extra else 0.875)
     assert res["top1"] == pytest.approx(100 * result["top1"], abs=1e-4)
