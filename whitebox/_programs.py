@@ -18,9 +18,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .cli import HelpFormatter, add_threads_arg, choice, device, integer, start_program
-
-__all__ = ["HelpFormatter"]  # re-exported: every program's formatter lives in whitebox.cli
+# HelpFormatter: every program's formatter lives in whitebox.cli; re-exported for validate / inference / benchmark
+from .cli import HelpFormatter, add_threads_arg, choice, device, integer, start_program  # noqa: F401
 
 AMP_DTYPES = ("float16", "bfloat16")
 
