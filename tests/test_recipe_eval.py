@@ -166,3 +166,20 @@ def test_validate_equals_finetune_with_the_record_transform(tmp_path, extra):
     assert res["num_images"] == 8 and res["crop_pct"] == (0.9 if extra else 0.875)
     assert res["top1"] == pytest.approx(100 * result["top1"], abs=1e-4)
     assert res["top5"] == pytest.approx(100 * result["top5"], abs=1e-4)
+
+
+def test_eval_transform_uint8_normalised_equals_the_float_transform():
+    """The uint8 path (for an on-device-normalising loader) gives the float path's tensor after normalising."""
+    from PIL import Image
+
+    import whitebox
+    from whitebox.data_config import eval_transform, resolve_eval_config
+
+    model = whitebox.create_model("crate_tiny", img_size=16, patch_size=8, embed_dim=32, depth=1, num_heads=2)
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (23, 29, 3), dtype=np.uint8))
+    for over in ({}, {"crop_pct": 0.9, "interpolation": "bilinear"}):
+        cfg = resolve_eval_config(model, **over)
+        x8 = eval_transform(model, uint8=True, **over)(img)
+        assert x8.dtype == torch.uint8 and x8.shape == (3, 16, 16)
+        mean, std = (torch.tensor(cfg[k]).view(3, 1, 1) for k in ("mean", "std"))
+        torch.testing.assert_close((x8.float() / 255 - mean) / std, eval_transform(model, **over)(img))
