@@ -162,10 +162,17 @@ def test_validate_equals_finetune_with_the_record_transform(tmp_path, extra):
     argv += ["--output", str(out), "--device", "cpu", "--no-progress", "--no-tensorboard", "--mixup", "0"]
     argv += ["--cutmix", "0", "--aa", "", "--reprob", "0", "--warmup-epochs", "0", *extra]
     result = finetune(argv)
-    res = validate.main([str(data), "--checkpoint", str(out / "checkpoint-last.pth"), "--split", "test", *extra])
+    # the checkpoint records finetune's preprocessing flags: validate needs none of them to evaluate the same way
+    res = validate.main([str(data), "--checkpoint", str(out / "checkpoint-last.pth"), "--split", "test"])
     assert res["num_images"] == 8 and res["crop_pct"] == (0.9 if extra else 0.875)
+    assert res["interpolation"] == ("bilinear" if extra else "bicubic")
     assert res["top1"] == pytest.approx(100 * result["top1"], abs=1e-4)
     assert res["top5"] == pytest.approx(100 * result["top5"], abs=1e-4)
+    # and its own flags win
+    other = validate.main(
+        [str(data), "--checkpoint", str(out / "checkpoint-last.pth"), "--split", "test", "--crop-pct", "0.5"]
+    )
+    assert other["crop_pct"] == 0.5 and other["loss"] != res["loss"]
 
 
 def test_eval_transform_uint8_normalised_equals_the_float_transform():

@@ -111,8 +111,15 @@ def add_data_args(parser: argparse.ArgumentParser, labelled: bool) -> argparse._
 
 
 # ----------------------------------------------------------------------------- the model
+# preprocessing overrides a recipe checkpoint may record (finetune.py's flags); the command line wins
+PREPROCESSING_FLAGS = ("crop_pct", "crop_mode", "interpolation", "mean", "std")
+
+
 def build_model(args: argparse.Namespace, classifier: bool = True) -> tuple[Any, str]:
     """The model the flags name (a masked autoencoder's encoder when a classifier is wanted) and its name.
+
+    A recipe checkpoint's recorded preprocessing overrides (``--crop-pct`` etc. of ``finetune.py``) fill the
+    same flags of ``args`` that the command line left unset, so a fine-tuned model is evaluated as it was.
 
     Raises ValueError (no model named, unknown name, no classifier head), OSError (weights unreadable).
     """
@@ -138,6 +145,10 @@ def build_model(args: argparse.Namespace, classifier: bool = True) -> tuple[Any,
         recorded = ckpt.get("args") if isinstance(ckpt, dict) else None
         if isinstance(recorded, dict) and recorded.get("global_pool") and "global_pool" not in kwargs:
             kwargs["global_pool"] = recorded["global_pool"]  # finetune.py's --global-pool is not in model_kwargs
+        if isinstance(recorded, dict):
+            for key in PREPROCESSING_FLAGS:  # finetune.py evaluated with these overrides: evaluate the same way
+                if getattr(args, key, None) is None and recorded.get(key) is not None:
+                    setattr(args, key, recorded[key])
     if not name:
         raise ValueError("name the model (--model NAME), or give a --checkpoint written by the recipes (it names it)")
     if ":" not in name:
