@@ -30,11 +30,11 @@ except ImportError:  # a checkout without `pip install -e .`: use the library ne
     import whitebox
 
 from whitebox.analysis import reconstruction_grid
+from whitebox.data import data_options, fixed_batch, seeded_dataset
 from whitebox.train import (
     MAEAugment,
     ResumableBatchSampler,
     RunFolder,
-    SeededDataset,
     TrainLoop,
     build_dataset,
     cleanup_distributed,
@@ -45,6 +45,7 @@ from whitebox.train import (
 )
 from whitebox.train.checkpoint import seed_everything
 from whitebox.train.common import (
+    add_column_args,
     add_model_shape_args,
     add_run_args,
     amp_context,
@@ -54,7 +55,6 @@ from whitebox.train.common import (
     model_kwargs_from_args,
     resolve_precision,
 )
-from whitebox.train.data import fixed_batch
 from whitebox.train.run import run_main
 
 # What ``python recipes/pretrain.py`` with no data argument trains: a small CRATE-MAE on the bundled
@@ -92,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--download", action="store_true", help="let torchvision download CIFAR-10 into --data-root")
     d.add_argument("--data-root", default="data", help="where --data cifar10 lives")
     d.add_argument("--samples-per-epoch", type=int, default=None, help="epoch length for the bundled photos")
+    add_column_args(d)
     o = p.add_argument_group("optimisation")
     o.add_argument("--epochs", type=int, default=None, help="(default 400)")
     o.add_argument("--steps", type=int, default=None, help="optimizer steps in all (overrides --epochs)")
@@ -165,11 +166,13 @@ class MAEPretraining(TrainLoop):
         patch_embed = model.encoder.patch_embed
         self.img_size, self.num_patches = patch_embed.img_size[0], patch_embed.num_patches
 
-        base = build_dataset(args.data, args.split, args.download, args.data_root, args.samples_per_epoch)
-        self.dataset = SeededDataset(base, MAEAugment(self.img_size), self.num_patches, args.on_bad_image)
+        base = build_dataset(
+            args.data, args.split, args.download, args.data_root, args.samples_per_epoch, **data_options(args)
+        )
+        self.dataset = seeded_dataset(base, MAEAugment(self.img_size), self.num_patches, args.on_bad_image)
         self.sampler = ResumableBatchSampler(len(base), args.batch_size, dist.rank, dist.world_size, seed=args.seed)
         workers = args.workers if args.workers is not None else (0 if self.device.type == "cpu" else 8)
-        self.loader = make_loader(self.dataset, self.sampler, workers, pin_memory=self.device.type == "cuda")
+        self.loader = make_loader(self.dataset, self.sampler, workers, device=self.device)
         self.probe_imgs, self.probe_noise = fixed_batch(
             base, 32, self.img_size, self.num_patches, args.seed, args.on_bad_image
         )

@@ -68,6 +68,13 @@ def add_labelled_data_args(parser: argparse.ArgumentParser) -> None:
     d.add_argument("--test-split", default="test")
     d.add_argument("--download", action="store_true", help="let torchvision download CIFAR-10 into --data-root")
     d.add_argument("--data-root", default="data", help="where --data cifar10 lives")
+    add_column_args(d)
+
+
+def add_column_args(group: argparse._ArgumentGroup) -> None:
+    """``--image-column`` / ``--label-column``: the columns of a Hugging Face dataset (``--data hf:...``)."""
+    group.add_argument("--image-column", default=None, help="hf: data: the image column (default: found)")
+    group.add_argument("--label-column", default=None, help="hf: data: the label column (default: found)")
 
 
 def add_run_args(parser: argparse.ArgumentParser, output: str, log_every: int = 10) -> argparse._ArgumentGroup:
