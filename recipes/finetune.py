@@ -111,6 +111,7 @@ class Finetuning(TrainLoop):
         dataset_labels(test_base, f"the test images ({args.test_data or args.data})")
         # classes matched by name (a class folder missing from one split must not renumber the others)
         test_base = align_labels(train_base, test_base, "training", "test")
+        self.skipped_files = [*getattr(train_base, "skipped_files", []), *getattr(test_base, "skipped_files", [])]
         self.num_classes = 1 + int(train_labels.max())
         torch.manual_seed(args.seed)  # identical head initialisation on every rank
         encoder, self.model_name, self.model_kwargs = load_encoder(
@@ -223,6 +224,7 @@ class Finetuning(TrainLoop):
             "effective_batch": self.effective_batch,
             "total_steps": self.total_steps,
             "params": count_params(self.model),
+            "skipped_files": [f"{path}: {why}" for path, why in self.skipped_files],
         }
 
     def describe(self) -> str:

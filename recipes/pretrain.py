@@ -170,6 +170,7 @@ class MAEPretraining(TrainLoop):
             args.data, args.split, args.download, args.data_root, args.samples_per_epoch, **data_options(args)
         )
         self.dataset = seeded_dataset(base, MAEAugment(self.img_size), self.num_patches, args.on_bad_image)
+        self.skipped_files = getattr(base, "skipped_files", [])  # files of the folder not used, with why
         self.sampler = ResumableBatchSampler(len(base), args.batch_size, dist.rank, dist.world_size, seed=args.seed)
         workers = args.workers if args.workers is not None else (0 if self.device.type == "cpu" else 8)
         self.loader = make_loader(self.dataset, self.sampler, workers, device=self.device)
@@ -318,6 +319,7 @@ class MAEPretraining(TrainLoop):
             "total_steps": self.total_steps,
             "warmup_steps": self.warmup_steps,
             "torch": torch.__version__,
+            "skipped_files": [f"{path}: {why}" for path, why in self.skipped_files],
         }
 
     def describe(self) -> str:

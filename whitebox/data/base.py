@@ -206,6 +206,7 @@ class RelabelledDataset(Dataset):
 
     def __init__(self, base: Dataset, mapping: np.ndarray, classes: Sequence[str]) -> None:
         self.base, self.mapping, self.classes = base, np.asarray(mapping, dtype=np.int64), list(classes)
+        self.skipped_files = getattr(base, "skipped_files", [])
         self.labels = self.mapping[dataset_labels(base)]
 
     def __len__(self) -> int:

@@ -24,17 +24,26 @@ __all__ = ["IMG_EXTENSIONS", "ClassFolder", "FlatImageFolder", "image_folder"]
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 
-def _walk(root: Path, seen_files: dict[str, Path], skipped: list[tuple[str, str]]) -> list[Path]:
-    """Image files under ``root`` (links followed, each real folder and file once), sorted by path."""
+def _dir_id(path: str | Path) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
+
+
+def _walk(
+    root: Path, seen_files: dict[str, Path], seen_dirs: set[tuple[int, int]], skipped: list[tuple[str, str]]
+) -> list[Path]:
+    """Image files under ``root`` (links followed, each real folder and file once), sorted by path.
+
+    ``seen_dirs`` holds the folders already read or reserved (the dataset root, every class folder), so
+    a link into one of them is not followed."""
     found: list[Path] = []
-    seen_dirs: set[tuple[int, int]] = set()
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        st = os.stat(dirpath)
-        if (st.st_dev, st.st_ino) in seen_dirs:
-            skipped.append((dirpath, "a link to a folder already read (a link loop or a second path)"))
-            dirnames[:] = []
-            continue
-        seen_dirs.add((st.st_dev, st.st_ino))
+        if dirpath != str(root):
+            if _dir_id(dirpath) in seen_dirs:
+                skipped.append((dirpath, "a link to a folder already read (a link loop or a second path)"))
+                dirnames[:] = []
+                continue
+            seen_dirs.add(_dir_id(dirpath))
         dirnames.sort()
         for name in sorted(filenames):
             path = Path(dirpath) / name
@@ -80,10 +89,11 @@ class ClassFolder(Dataset):
         self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
         self.skipped_files: list[tuple[str, str]] = []
         seen: dict[str, Path] = {}
+        seen_dirs = {_dir_id(self.root), *(_dir_id(self.root / c) for c in own)}
         self.files: list[Path] = []
         labels: list[int] = []
         for c in own:
-            files = _walk(self.root / c, seen, self.skipped_files)
+            files = _walk(self.root / c, seen, seen_dirs, self.skipped_files)
             self.files += files
             labels += [self.class_to_idx[c]] * len(files)
         for p in self.root.iterdir():
