@@ -5,8 +5,8 @@ Decoding (``open_image``) turns any file Pillow reads into 8-bit RGB without sil
 images (mode ``F``) must hold values in [0, 1] and are scaled by 255 (anything else is refused by
 name), EXIF orientation is applied (as photo viewers and ``ImageOps.exif_transpose`` do), and
 transparency is dropped by Pillow's ``convert('RGB')``. A plain RGB JPEG is returned *not yet
-decoded*, so a transform can ask libjpeg for a reduced-size decode (``Image.draft``) when its crop
-allows it.
+decoded*, so that the transforms can decode it with ``torchvision.io`` (``transforms.decode``), which
+was measured faster; any pixel access through Pillow decodes it too.
 """
 
 from __future__ import annotations
