@@ -86,7 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--norm-pix-loss", action="store_true", help="regress per-patch normalised pixels")
     d = p.add_argument_group("data")
     d.add_argument(
-        "--data", default=None, help="image folder, .npz (arrays or JPEG pack), 'cifar10'; unset: bundled photos"
+        "--data",
+        default=None,
+        help="image folder, .npz (arrays or JPEG pack), 'cifar10', hf:NAME[:SPLIT] or hf:PATH (Hugging Face datasets), "
+        "wds:PATTERN (WebDataset shards, brace ranges); unset: bundled photos",
     )
     d.add_argument("--split", default="train")
     d.add_argument("--download", action="store_true", help="let torchvision download CIFAR-10 into --data-root")

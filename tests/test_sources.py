@@ -168,3 +168,18 @@ def test_wds_pretraining_resume_is_exact(tmp_path):
     assert a["step"] == b["step"] == 8
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
+
+
+def test_linear_probe_on_hf_splits_and_wds_shards(tmp_path):
+    """The probe program on a save_to_disk DatasetDict (train / test splits, class names) and on shards."""
+    from recipes.linprobe import main as linprobe
+
+    model = ["--model", "crate_tiny", "--img-size", "16", "--patch-size", "8", "--embed-dim", "32", "--depth", "1"]
+    model += ["--num-heads", "2"]
+    datasets.DatasetDict({"train": _hf(9), "test": _hf(3, seed=1)}).save_to_disk(str(tmp_path / "dd"))
+    res = linprobe([*model, "--data", f"hf:{tmp_path / 'dd'}", "--output", str(tmp_path / "a")])
+    assert res["num_train"] == 9 and res["num_test"] == 3 and res["num_classes"] == 3
+    train = _shards(tmp_path / "train", (5, 5))
+    test = _shards(tmp_path / "test", (3,))
+    res = linprobe([*model, "--data", f"wds:{train}", "--test-data", f"wds:{test}", "--output", str(tmp_path / "b")])
+    assert res["num_train"] == 10 and res["num_test"] == 3

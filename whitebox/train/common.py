@@ -62,7 +62,11 @@ def add_encoder_args(parser: argparse.ArgumentParser) -> None:
 def add_labelled_data_args(parser: argparse.ArgumentParser) -> None:
     """Labelled training and test images: the flags of fine-tuning and the linear probe."""
     d = parser.add_argument_group("data")
-    d.add_argument("--data", required=True, help="labelled data: .npz, image folder or 'cifar10'")
+    d.add_argument(
+        "--data",
+        required=True,
+        help="labelled data: .npz, image folder, 'cifar10', hf:NAME[:SPLIT] / hf:PATH, wds:PATTERN",
+    )
     d.add_argument("--test-data", default=None, help="a file or folder of labelled test images (default: test split)")
     d.add_argument("--train-split", default="train")
     d.add_argument("--test-split", default="test")

@@ -24,11 +24,11 @@ from torch.utils.data import Dataset
 from whitebox.data import (
     EvalTransform,
     ResumableBatchSampler,
-    SeededDataset,
     align_labels,
     dataset_labels,
     describe_item,
     make_loader,
+    seeded_dataset,
 )
 
 from .common import amp_context
@@ -53,7 +53,7 @@ def extract_features(
     is replaced by the next readable, with a warning naming it, or stops the run: ``on_bad_image``)."""
     device = torch.device(device)
     encoder.eval().to(device)
-    ds = SeededDataset(dataset, EvalTransform(img_size, crop_pct), on_bad_image=on_bad_image)
+    ds = seeded_dataset(dataset, EvalTransform(img_size, crop_pct), on_bad_image=on_bad_image)
     sampler = ResumableBatchSampler(len(ds), batch_size, shuffle=False, drop_last=False)
     loader = make_loader(ds, sampler, workers, device=device)
     feats, labels = [], []
