@@ -50,12 +50,15 @@ class DeviceLoader:
         return len(self.loader)
 
     def _move(self, batch: dict[str, Any]) -> dict[str, Any]:
+        if not hasattr(self, "_shift"):  # made once: a tensor made from a list on CUDA would synchronise
+            self._shift = torch.tensor(self.mean, device=self.device).mul_(255).view(3, 1, 1)
+            self._scale = torch.tensor(self.std, device=self.device).mul_(255).view(3, 1, 1)
         out = {}
         for key, value in batch.items():
             if isinstance(value, torch.Tensor) and key not in KEEP_ON_HOST:
                 value = value.to(self.device, non_blocking=True)
                 if key == "image" and value.dtype == torch.uint8:
-                    value = normalize(value, self.mean, self.std)
+                    value = value.float().sub_(self._shift).div_(self._scale)  # = normalize(value, mean, std)
             out[key] = value
         return out
 
