@@ -183,3 +183,40 @@ def test_linear_probe_on_hf_splits_and_wds_shards(tmp_path):
     test = _shards(tmp_path / "test", (3,))
     res = linprobe([*model, "--data", f"wds:{train}", "--test-data", f"wds:{test}", "--output", str(tmp_path / "b")])
     assert res["num_train"] == 10 and res["num_test"] == 3
+
+
+def test_hub_names_and_splits_go_through_the_datasets_cache(tmp_path, monkeypatch):
+    """hf:NAME[:SPLIT] asks datasets.load_dataset for NAME (its cache works offline); the split is chosen here."""
+    calls = []
+
+    def fake_load(name, *args, **kwargs):
+        calls.append(name)
+        return datasets.DatasetDict({"train": _hf(6), "validation": _hf(3, seed=2)})
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load)
+    assert len(build_dataset("hf:someone/pets")) == 6
+    assert len(build_dataset("hf:someone/pets", "test")) == 3  # no 'test' split: validation
+    assert len(build_dataset("hf:someone/pets:validation")) == 3  # the named split trains
+    assert calls == ["someone/pets"] * 3
+
+    def offline(name, *args, **kwargs):
+        raise ConnectionError("offline")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(ValueError, match=r"hf:someone/absent could not be loaded .*HF_DATASETS_OFFLINE=1"):
+        build_dataset("hf:someone/absent")
+
+
+def test_device_loader_normalises_uint8_on_the_device_and_keeps_counters_on_the_host():
+    from whitebox.data import SeededDataset, normalize
+
+    base = [(Image.fromarray(np.full((16, 16, 3), 10 * i, np.uint8)), i) for i in range(4)]
+    ds = SeededDataset(base, EvalTransform(16))
+    raw = torch.stack([ds[(i, 0)]["image"] for i in range(4)])
+    assert raw.dtype == torch.uint8  # workers send uint8
+    batch = next(iter(make_loader(ds, ResumableBatchSampler(4, 4, shuffle=False), device="cpu")))
+    assert batch["image"].dtype == torch.float32 and torch.equal(batch["image"], normalize(raw))
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+    assert torch.allclose(batch["image"], (raw.float() / 255 - mean) / std, atol=1e-6)
+    assert batch["label"].tolist() == [0, 1, 2, 3] and batch["skipped"].device.type == "cpu"
