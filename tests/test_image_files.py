@@ -150,3 +150,18 @@ def test_zero_size_array_images_are_named(tmp_path):
     np.savez(tmp_path / "z.npz", x=np.zeros((3, 0, 0, 3), np.uint8))
     with pytest.raises(ValueError, match=r"images of size 0 x 0 \(zero-size\)"):
         load_npz(tmp_path / "z.npz")
+
+
+def test_a_truncated_jpeg_is_named_through_the_fast_decoder(tmp_path):
+    """JPEGs decode through torchvision.io; a broken one is an unreadable image by name, like Pillow's."""
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(buf, "JPEG")
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "cut.jpg").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    (tmp_path / "c" / "whole.jpg").write_bytes(buf.getvalue())
+    base = build_dataset(str(tmp_path), None)
+    strict = SeededDataset(base, EvalTransform(16), on_bad_image="error")
+    with pytest.raises(BadImageError, match=r"cut.jpg cannot be read as an image \(OSError: broken JPEG data"):
+        strict[(0, 0)]
+    sample = SeededDataset(base, EvalTransform(16))[(0, 0)]
+    assert sample["skipped"] == 1 and sample["image"].shape == (3, 16, 16)
