@@ -152,16 +152,18 @@ def test_zero_size_array_images_are_named(tmp_path):
         load_npz(tmp_path / "z.npz")
 
 
-def test_a_truncated_jpeg_is_named_through_the_fast_decoder(tmp_path):
-    """JPEGs decode through torchvision.io; a broken one is an unreadable image by name, like Pillow's."""
+@pytest.mark.parametrize("size", [16, 40])  # a reduced DCT decode by Pillow, a full one by torchvision.io
+def test_a_truncated_jpeg_is_named_by_either_decoder(tmp_path, size):
+    """A broken JPEG is an unreadable image by name, whichever decoder the crop chose."""
     buf = io.BytesIO()
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(buf, "JPEG")
     (tmp_path / "c").mkdir()
     (tmp_path / "c" / "cut.jpg").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
     (tmp_path / "c" / "whole.jpg").write_bytes(buf.getvalue())
     base = build_dataset(str(tmp_path), None)
-    strict = SeededDataset(base, EvalTransform(16), on_bad_image="error")
-    with pytest.raises(BadImageError, match=r"cut.jpg cannot be read as an image \(OSError: broken JPEG data"):
+    strict = SeededDataset(base, EvalTransform(size), on_bad_image="error")
+    why = "image file is truncated" if size == 16 else "broken JPEG data"
+    with pytest.raises(BadImageError, match=rf"cut.jpg cannot be read as an image \(OSError: {why}"):
         strict[(0, 0)]
-    sample = SeededDataset(base, EvalTransform(16))[(0, 0)]
-    assert sample["skipped"] == 1 and sample["image"].shape == (3, 16, 16)
+    sample = SeededDataset(base, EvalTransform(size))[(0, 0)]
+    assert sample["skipped"] == 1 and sample["image"].shape == (3, size, size)

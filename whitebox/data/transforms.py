@@ -2,11 +2,12 @@
 
 A transform maps ``(PIL image, torch.Generator) -> uint8 tensor (3, H, W)``; the float cast and the
 normalisation ``(x / 255 - mean) / std`` happen later, on the device (``whitebox.data.loader``), so
-workers send a quarter of the bytes. Decoding and resampling were chosen by measurement
-(``benchmarks/loader.py``, decoder table): a JPEG is decoded by libjpeg-turbo through
-``torchvision.io.decode_jpeg`` and cropped and resized in torch (bicubic with antialiasing, which
-matches Pillow's bicubic to within rounding: mean absolute difference 0.01 / 255), about 1.8x faster
-per image than Pillow's decode + ``resize(box=)`` on CPU; other formats are decoded by Pillow
+workers send a quarter of the bytes. Decoding was chosen by measurement (``benchmarks/loader.py``,
+decoder table, CPU time per image on 500 x 375 JPEGs): ``decode_crop`` decodes a JPEG whose crop is at
+least twice the output size at a reduced DCT scale (Pillow's ``draft``: 1/2, 1/4, 1/8; 0.9 against 1.5
+ms at 32 px), any other JPEG with libjpeg-turbo through ``torchvision.io.decode_jpeg`` and crops and
+resizes it in torch (bicubic, antialiased, matching Pillow's bicubic to within rounding; 1.3 against
+2.1-2.3 ms for Pillow's decode + resize at 224 px); other formats are decoded by Pillow
 (``open_image``) and resized the same way.
 """
 
@@ -23,7 +24,16 @@ from PIL import Image
 
 from .base import to_rgb
 
-__all__ = ["EvalTransform", "MAEAugment", "SeededTransform", "decode", "normalize", "to_uint8_tensor"]
+__all__ = [
+    "EvalTransform",
+    "MAEAugment",
+    "SeededTransform",
+    "decode",
+    "decode_crop",
+    "normalize",
+    "resized_crop",
+    "to_uint8_tensor",
+]
 
 
 class SeededTransform:
@@ -91,6 +101,31 @@ def _uniform(g: torch.Generator, lo: float, hi: float) -> float:
     return lo + (hi - lo) * torch.rand((), generator=g).item()
 
 
+def dct_reduction(box: tuple[float, float, float, float], size: int) -> int:
+    """The largest JPEG DCT scale-down (1, 2, 4, 8) that keeps ``box`` at least ``size`` on both sides."""
+    short = min(box[2] - box[0], box[3] - box[1])
+    reduce = 1
+    while reduce < 8 and short / (2 * reduce) >= size:
+        reduce *= 2
+    return reduce
+
+
+def decode_crop(img: Image.Image, box: tuple[float, float, float, float], size: int) -> torch.Tensor:
+    """``box`` (left, top, right, bottom, in ``img``'s pixels) of ``img`` as uint8 (3, size, size), bicubic.
+
+    A not yet decoded JPEG whose box allows it is decoded at a reduced DCT scale (``dct_reduction``) and
+    resized by Pillow; everything else goes through ``decode`` and ``resized_crop``.
+    """
+    if img.format == "JPEG" and img.mode == "RGB" and _lazy(img) and (reduce := dct_reduction(box, size)) > 1:
+        full = img.size
+        img.draft("RGB", (math.ceil(full[0] / reduce), math.ceil(full[1] / reduce)))
+        sx, sy = img.size[0] / full[0], img.size[1] / full[1]
+        scaled = (box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy)
+        return to_uint8_tensor(img.resize((size, size), Image.BICUBIC, box=scaled))
+    left, top, right, bottom = (round(v) for v in box)
+    return resized_crop(decode(img), (left, top, max(right, left + 1), max(bottom, top + 1)), size)
+
+
 def resized_crop(x: torch.Tensor, box: tuple[int, int, int, int], size: int) -> torch.Tensor:
     """``box`` (left, top, right, bottom) of uint8 ``x`` (3, H, W) resized to (size, size), bicubic, antialiased."""
     from torchvision.transforms.v2 import InterpolationMode
@@ -140,7 +175,7 @@ class MAEAugment(SeededTransform):
 
     def __call__(self, img: Image.Image, g: torch.Generator) -> torch.Tensor:
         box = self.crop_box(img.width, img.height, g)
-        x = resized_crop(decode(img), box, self.img_size)
+        x = decode_crop(img, box, self.img_size)
         if torch.rand((), generator=g).item() < self.hflip:
             x = x.flip(-1)
         return x
@@ -153,13 +188,10 @@ class EvalTransform(SeededTransform):
         self.img_size, self.crop_pct = img_size, crop_pct
 
     def __call__(self, img: Image.Image, g: torch.Generator | None = None) -> torch.Tensor:
-        from torchvision.transforms.v2 import InterpolationMode
-        from torchvision.transforms.v2.functional import center_crop, resize
-
         n = self.img_size
-        x = decode(img)
-        if x.shape[-2:] != (n, n):
-            short = round(n / self.crop_pct)
-            x = resize(x, [short], InterpolationMode.BICUBIC, antialias=True)
-            x = center_crop(x, [n, n])
-        return x
+        if img.size == (n, n):
+            return decode(img)
+        # the centre n x n of the image resized to short side n / crop_pct, as a box of the original
+        side = n * min(img.size) / round(n / self.crop_pct)
+        left, top = (img.width - side) / 2, (img.height - side) / 2
+        return decode_crop(img, (left, top, left + side, top + side), n)
