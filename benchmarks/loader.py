@@ -14,7 +14,8 @@ bicubic) + horizontal flip, MAE's pretraining augmentation), the same batch and 
 Each round runs every loader once over the whole set (a fresh loader, so its workers' CPU time is
 collected when they exit), in a rotating order; the table shows medians over rounds of images/s and
 CPU ms per image (main process + workers, from ``getrusage``). A small table compares decoders on the
-same files. The last line is ``loader: whitebox X img/s, timm-prefetcher Y img/s, ratio R`` (R = X / Y).
+same files, by CPU time, taking turns image by image. The last line is
+``loader: whitebox X img/s, timm-prefetcher Y img/s, ratio R`` (R = X / Y).
 
     python benchmarks/loader.py                       # 1024 images, batch 64, 2 workers, 3 rounds
     python benchmarks/loader.py --images 2000 --rounds 4 --workers 8 --json loader.json
@@ -49,7 +50,7 @@ from whitebox.data import (  # noqa: E402
     open_image,
     seeded_dataset,
 )
-from whitebox.data.transforms import decode, decode_crop, resized_crop  # noqa: E402
+from whitebox.data.transforms import dct_reduction, decode, decode_crop, resized_crop  # noqa: E402
 from whitebox.sample_images import load_sample_photos  # noqa: E402
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -150,61 +151,55 @@ def run_once(build: Callable[..., object], root: Path, size: int, batch: int, wo
 
 
 # ----------------------------------------------------------------------------- decoders
-def decoders(root: Path, size: int, count: int = 64) -> dict[str, float]:
-    """ms per image to decode + RandomResizedCrop one file (best of 3 passes over ``count`` files)."""
-    files = sorted(root.rglob("*.jpg"))[:count]
-    raw = [f.read_bytes() for f in files]
+def decoders(root: Path, size: int, count: int = 64, reps: int = 3) -> dict[str, float]:
+    """CPU ms per image (this process) to decode one file and RandomResizedCrop it to ``size``.
+
+    The ways take turns image by image (``reps`` passes over ``count`` files), so a busy machine slows
+    them alike."""
+    raw = [f.read_bytes() for f in sorted(root.rglob("*.jpg"))[:count]]
     aug = MAEAugment(size)
     boxes = []
     for data in raw:
         with Image.open(io.BytesIO(data)) as im:
             boxes.append(aug.crop_box(im.width, im.height, torch.Generator().manual_seed(len(boxes))))
 
-    def pil() -> None:  # Pillow decode + resize(box=), bicubic (whitebox before issue 18, torchvision, timm)
+    def pil(data: bytes, box: tuple[int, int, int, int]) -> None:  # Pillow decode + resize(box=), bicubic
+        Image.open(io.BytesIO(data)).resize((size, size), Image.BICUBIC, box=box)
+
+    def pil_draft(data: bytes, box: tuple[int, int, int, int]) -> None:  # Pillow, reduced DCT decode where possible
+        img = Image.open(io.BytesIO(data))
+        full, reduce = img.size, dct_reduction(box, size)
+        if reduce > 1:
+            img.draft("RGB", (-(-full[0] // reduce), -(-full[1] // reduce)))
+        sx, sy = img.size[0] / full[0], img.size[1] / full[1]
+        img.resize((size, size), Image.BICUBIC, box=(box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy))
+
+    def pil_torch(data: bytes, box: tuple[int, int, int, int]) -> None:  # Pillow decode, torch resize
+        img = Image.open(io.BytesIO(data))
+        img.load()
+        resized_crop(decode(img), box, size)
+
+    def tv(data: bytes, box: tuple[int, int, int, int]) -> None:  # torchvision.io.decode_jpeg, torch resize
+        resized_crop(decode(open_image(data)), box, size)
+
+    def chosen(data: bytes, box: tuple[int, int, int, int]) -> None:  # whitebox's decode_crop
+        decode_crop(open_image(data), box, size)
+
+    ways = {
+        "Pillow decode + resize": pil,
+        "Pillow draft decode + resize": pil_draft,
+        "Pillow decode, torch resize": pil_torch,
+        "torchvision.io.decode_jpeg, torch resize": tv,
+        "whitebox: Pillow draft where the crop is >= 4x, else torchvision.io": chosen,
+    }
+    cpu = dict.fromkeys(ways, 0.0)
+    for _ in range(reps):
         for data, box in zip(raw, boxes, strict=True):
-            Image.open(io.BytesIO(data)).resize((size, size), Image.BICUBIC, box=box)
-
-    def pil_draft() -> None:  # Pillow with a DCT-scaled decode (Image.draft) where the crop stays >= size
-        for data, (left, top, right, bottom) in zip(raw, boxes, strict=True):
-            img = Image.open(io.BytesIO(data))
-            full = img.size
-            reduce = 1
-            while reduce < 8 and min(right - left, bottom - top) / (2 * reduce) >= size:
-                reduce *= 2
-            if reduce > 1:
-                img.draft("RGB", (full[0] // reduce, full[1] // reduce))
-            sx, sy = img.size[0] / full[0], img.size[1] / full[1]
-            img.resize((size, size), Image.BICUBIC, box=(left * sx, top * sy, right * sx, bottom * sy))
-
-    def pil_torch() -> None:  # Pillow decode, torch resize (bicubic, antialiased)
-        for data, box in zip(raw, boxes, strict=True):
-            img = Image.open(io.BytesIO(data))
-            img.load()
-            resized_crop(decode(img), box, size)
-
-    def tv() -> None:  # torchvision.io.decode_jpeg, torch resize
-        for data, box in zip(raw, boxes, strict=True):
-            resized_crop(decode(open_image(data)), box, size)
-
-    def chosen() -> None:  # whitebox: draft where the crop allows a DCT reduction, else torchvision.io
-        for data, box in zip(raw, boxes, strict=True):
-            decode_crop(open_image(data), box, size)
-
-    out = {}
-    choices = (("Pillow decode + resize", pil), ("Pillow draft decode + resize", pil_draft))
-    choices += (("Pillow decode, torch resize", pil_torch),)
-    choices += (
-        ("torchvision.io.decode_jpeg, torch resize", tv),
-        ("whitebox (draft when the crop allows, else tv)", chosen),
-    )
-    for name, fn in choices:
-        times = []
-        for _ in range(3):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-        out[name] = 1000 * min(times) / len(raw)
-    return out
+            for name, fn in ways.items():
+                t0 = time.process_time()
+                fn(data, box)
+                cpu[name] += time.process_time() - t0
+    return {name: 1000 * t / (reps * len(raw)) for name, t in cpu.items()}
 
 
 def main(argv: list[str] | None = None) -> dict:

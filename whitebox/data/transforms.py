@@ -4,11 +4,11 @@ A transform maps ``(PIL image, torch.Generator) -> uint8 tensor (3, H, W)``; the
 normalisation ``(x / 255 - mean) / std`` happen later, on the device (``whitebox.data.loader``), so
 workers send a quarter of the bytes. Decoding was chosen by measurement (``benchmarks/loader.py``,
 decoder table, CPU time per image on 500 x 375 JPEGs): ``decode_crop`` decodes a JPEG whose crop is at
-least twice the output size at a reduced DCT scale (Pillow's ``draft``: 1/2, 1/4, 1/8; 0.9 against 1.5
-ms at 32 px), any other JPEG with libjpeg-turbo through ``torchvision.io.decode_jpeg`` and crops and
-resizes it in torch (bicubic, antialiased, matching Pillow's bicubic to within rounding; 1.3 against
-2.1-2.3 ms for Pillow's decode + resize at 224 px); other formats are decoded by Pillow
-(``open_image``) and resized the same way.
+least 4x the output size at 1/4 or 1/8 DCT scale (Pillow's ``draft``; about 0.7 against 1.1 ms at 32 px),
+any other JPEG with libjpeg-turbo through ``torchvision.io.decode_jpeg`` and crops and resizes it in
+torch (bicubic, antialiased, matching Pillow's bicubic to within rounding; about 1.1 against 2.1 ms
+for Pillow's decode + resize at 224 px); other formats are decoded by Pillow (``open_image``) and
+resized the same way.
 """
 
 from __future__ import annotations
@@ -113,10 +113,11 @@ def dct_reduction(box: tuple[float, float, float, float], size: int) -> int:
 def decode_crop(img: Image.Image, box: tuple[float, float, float, float], size: int) -> torch.Tensor:
     """``box`` (left, top, right, bottom, in ``img``'s pixels) of ``img`` as uint8 (3, size, size), bicubic.
 
-    A not yet decoded JPEG whose box allows it is decoded at a reduced DCT scale (``dct_reduction``) and
-    resized by Pillow; everything else goes through ``decode`` and ``resized_crop``.
+    A not yet decoded JPEG whose box is at least 4x the output on both sides is decoded at 1/4 or 1/8
+    DCT scale by Pillow (``draft``) and resized by Pillow; everything else goes through ``decode`` and
+    ``resized_crop``. (At 1/2 scale the entropy decoding dominates and torchvision's path was faster.)
     """
-    if img.format == "JPEG" and img.mode == "RGB" and _lazy(img) and (reduce := dct_reduction(box, size)) > 1:
+    if img.format == "JPEG" and img.mode == "RGB" and _lazy(img) and (reduce := dct_reduction(box, size)) >= 4:
         full = img.size
         img.draft("RGB", (math.ceil(full[0] / reduce), math.ceil(full[1] / reduce)))
         sx, sy = img.size[0] / full[0], img.size[1] / full[1]
