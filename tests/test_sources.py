@@ -220,3 +220,27 @@ def test_device_loader_normalises_uint8_on_the_device_and_keeps_counters_on_the_
     std = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
     assert torch.allclose(batch["image"], (raw.float() / 255 - mean) / std, atol=1e-6)
     assert batch["label"].tolist() == [0, 1, 2, 3] and batch["skipped"].device.type == "cpu"
+
+
+@pytest.mark.slow
+def test_wds_torchrun_two_ranks_with_workers_match_one_process(tmp_path):
+    """A real 2-process (gloo) run on shards, 2 loader workers per rank, equals one process at the same global batch."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    data = "wds:" + _shards(tmp_path / "src", (9, 7))
+    common = [*TINY[:-4], "--data", data, "--epochs", "1", "--log-every", "1", "--warmup-steps", "1"]
+    pretrain([*common, "--batch-size", "8", "--output", str(tmp_path / "one")])
+    env = dict(os.environ, PYTHONPATH=str(root), OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone"]
+    cmd += [str(root / "recipes" / "pretrain.py"), *common, "--batch-size", "4", "--workers", "2"]
+    proc = subprocess.run(
+        [*cmd, "--output", str(tmp_path / "two")], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a, b = (load_checkpoint_file(tmp_path / d / "checkpoint-last.pth") for d in ("one", "two"))
+    assert a["step"] == b["step"] == 2
+    for k in a["model"]:
+        torch.testing.assert_close(a["model"][k], b["model"][k], rtol=1e-5, atol=1e-6, msg=k)
