@@ -29,7 +29,7 @@ def seeded_call(fn: Callable[..., Any], seed: int, *args: Any) -> Any:
     try:
         random.seed(seed)
         np.random.seed(seed % 2**32)
-        torch.manual_seed(seed)
+        torch.default_generator.manual_seed(seed)  # the CPU stream only: CUDA's (drop path on GPU) is left alone
         return fn(*args)
     finally:
         random.setstate(py)
