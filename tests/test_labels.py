@@ -63,6 +63,11 @@ def test_align_labels_other_members(tmp_path):
     assert list(aligned.labels) == [1, 2] and [aligned[i][1] for i in range(2)] == [1, 2]
     x = np.zeros((4, 8, 8, 3), np.uint8)
     np.savez(tmp_path / "n.npz", x_train=x, y_train=np.array([0, 1, 0, 1]), x_test=x, y_test=np.array([0, 1, 2, 5]))
+    (tmp_path / "a" / "fox").mkdir()  # an empty class folder in training: its test images are unseen
+    _folder(tmp_path / "c", {"fox": 60}, n=1)
+    train = build_dataset(str(tmp_path / "a"), None)
+    with pytest.raises(LabelError, match=r"classes the training images do not: \['fox'\]"):
+        align_labels(train, build_dataset(str(tmp_path / "c"), None))
     with pytest.raises(LabelError, match=r"labels the training images do not reach: \[2, 5\]"):
         align_labels(load_npz(tmp_path / "n.npz", "train"), load_npz(tmp_path / "n.npz", "test"))
 

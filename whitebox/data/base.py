@@ -233,11 +233,12 @@ def align_labels(train: Dataset, test: Dataset, train_what: str = "training", te
     test_labels = dataset_labels(test, f"the {test_what} images")
     if train_names is not None and test_names is not None:
         used = sorted({test_names[k] for k in np.unique(test_labels)})
-        unseen = [n for n in used if n not in train_names]
+        seen = [train_names[k] for k in np.unique(train_labels)]  # an empty class folder is not seen
+        unseen = [n for n in used if n not in seen]
         if unseen:
             raise LabelError(
                 f"the {test_what} images have classes the {train_what} images do not: {unseen}; the {train_what} "
-                f"classes are {train_names}"
+                f"images have the classes {seen}"
             )
         if test_names == train_names:
             return test
