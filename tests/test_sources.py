@@ -244,3 +244,23 @@ def test_wds_torchrun_two_ranks_with_workers_match_one_process(tmp_path):
     assert a["step"] == b["step"] == 2
     for k in a["model"]:
         torch.testing.assert_close(a["model"][k], b["model"][k], rtol=1e-5, atol=1e-6, msg=k)
+
+
+def test_wds_readers_read_only_their_own_samples_and_compressed_shards_are_named(tmp_path, monkeypatch):
+    import gzip
+
+    from whitebox.data.wds import WebDatasetSource
+
+    pattern = _shards(tmp_path, (11, 9, 5))
+    reads = []
+    real = WebDatasetSource.read
+    monkeypatch.setattr(WebDatasetSource, "read", lambda self, e: reads.append(e.key) or real(self, e))
+    for rank in range(2):
+        _batches(pattern, 4, rank, 2, workers=0)
+    assert len(reads) == len(set(reads)) == 24  # 3 global batches of 8, each sample read once by one rank
+    reads.clear()
+    _batches(pattern, 8, 0, 1, workers=0, start=2)
+    assert len(reads) == 8  # a resumed epoch reads nothing before its batch
+    (tmp_path / "z.tar.gz").write_bytes(gzip.compress((tmp_path / "part-000000.tar").read_bytes()))
+    with pytest.raises(ValueError, match=r"z.tar.gz is gzip-compressed; shards must be plain tar files"):
+        build_dataset(f"wds:{tmp_path}/z.tar.gz")

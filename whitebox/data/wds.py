@@ -1,19 +1,22 @@
-"""WebDataset shards (``wds:PATTERN``): tar files of samples ``KEY.jpg|jpeg|png|webp`` + ``KEY.cls``, read
-as a stream with the ``webdataset`` library.
+"""WebDataset shards (``wds:PATTERN``): tar files of samples ``KEY.jpg|jpeg|png|webp`` + ``KEY.cls`` (the
+WebDataset layout; write them with ``webdataset.TarWriter`` / ``ShardWriter``), read as a stream.
 
-Order: each epoch reads the shards in an order seeded by (seed, epoch), then passes the samples
-through a shuffle buffer seeded the same way; position p of that stream is the sample p of the epoch
-and gets the seed ``mix_seed(seed, epoch, p)``, as in an indexed source. Global micro-batch k is
-positions ``k * B * W .. (k + 1) * B * W``; rank r decodes the r-th slice of B, and worker w of a rank
-takes the batches k with ``(k - start) % workers == w``. So every sample of the epoch is used once, by
-one worker of one rank (no overlap, no loss, whatever the workers and ranks), and a resumed run
-re-reads the stream up to its stop without decoding it: the resume is bit-exact, and it costs reading
-the skipped part of the epoch once per worker. Every worker reads the whole stream and decodes only
-its share, so reading (not decoding) grows with workers x ranks: shards on local or cached disks are
-assumed.
+Index: when the source is opened, each shard's tar headers are read once (``tarfile``; no image data):
+the byte range of every sample's image and its ``.cls`` label. That gives the sample count and labels
+up front, and lets every reader fetch exactly the bytes of its own samples.
 
-The sample count and the labels come from the tar headers and the small ``.cls`` members when the
-source is opened (no image is read). Shards must be local files.
+Order: each epoch takes the shards in an order seeded by (seed, epoch) and the samples through a
+shuffle buffer seeded the same way (over the index: nothing is read to shuffle); position p of that
+order is sample p of the epoch and gets the seed ``mix_seed(seed, epoch, p)``, as in an indexed
+source. Global micro-batch k is positions ``k * B * W .. (k + 1) * B * W``; rank r takes the r-th slice
+of B, and worker w of a rank the batches k with ``(k - start) % workers == w``. So every sample of the
+epoch is used once, by one worker of one rank, whatever the workers and ranks (no overlap, no loss);
+each worker reads only its own samples' bytes, in shard order within the buffer's window; and a
+resumed run recomputes the order and starts at its batch: the resume is bit-exact and reads nothing
+it skips.
+
+Shards must be local, uncompressed tar files (images are compressed already; a ``.tar.gz`` cannot be
+read by byte ranges and is refused by name).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import sys
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, NamedTuple
 
 import numpy as np
 import torch
@@ -37,17 +40,35 @@ from .seeded import SeededDataset
 __all__ = ["IMAGE_KEYS", "SeededStream", "StreamLoader", "WebDatasetSource"]
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
+_COMPRESSED = {b"\x1f\x8b": "gzip", b"BZ": "bzip2", b"\xfd7": "xz", b"(\xb5": "zstd"}
+
+
+class Entry(NamedTuple):
+    """One sample of a shard: where its image bytes are, and its label (-1 without ``.cls``)."""
+
+    shard: int
+    key: str
+    offset: int
+    size: int
+    label: int
 
 
 def _expand(pattern: str) -> list[str]:
-    from braceexpand import braceexpand
+    from braceexpand import braceexpand  # a dependency of webdataset
 
     return list(braceexpand(pattern))
 
 
+def _split(name: str) -> tuple[str, str]:
+    """WebDataset's key / extension split: the extension starts at the first dot of the base name."""
+    parent, base = Path(name).parent, Path(name).name
+    stem, ext = base.split(".", 1)
+    return (str(parent / stem) if parent != Path(".") else stem), ext
+
+
 class WebDatasetSource:
-    """The shards of ``pattern`` (brace expansion: ``/data/in1k-{000000..000146}.tar``) as a stream of
-    ``(key, encoded image bytes, label)``; ``labels`` holds every label (-1 without ``.cls``)."""
+    """The shards of ``pattern`` (brace expansion: ``/data/in1k-{000000..000146}.tar``) as an index of samples;
+    ``labels`` holds every label (-1 without ``.cls``), in shard order."""
 
     def __init__(self, pattern: str, shuffle_buffer: int = 1000) -> None:
         self.pattern, self.shuffle_buffer = pattern, shuffle_buffer
@@ -58,28 +79,30 @@ class WebDatasetSource:
                 f"wds:{pattern}: {len(missing)} of {len(self.shards)} shards are not files, first {missing[0]} "
                 "(shards must be local tar files; the pattern takes brace ranges such as {000000..000146})"
             )
-        self.counts, labels = [], []
-        for shard in self.shards:
-            n, shard_labels = self._scan(shard)
-            self.counts.append(n)
-            labels += shard_labels
-        if not sum(self.counts):
+        self.index = [self._scan(i, shard) for i, shard in enumerate(self.shards)]
+        if not len(self):
             raise FileNotFoundError(f"wds:{pattern}: the shards hold no samples with {'/'.join(IMAGE_KEYS)} images")
-        raw = np.asarray(labels)
+        raw = np.asarray([e.label for entries in self.index for e in entries])
         self.labels = np.full(len(raw), -1, np.int64) if np.all(raw == -1) else validate_labels(raw, f"wds:{pattern}")
+        self._files: dict[int, BinaryIO] = {}
 
     @staticmethod
-    def _scan(shard: str) -> tuple[int, list[int]]:
-        """Samples and labels of one shard from its headers and ``.cls`` members."""
-        images, cls = [], {}
+    def _scan(i: int, shard: str) -> list[Entry]:
+        """The samples of one shard, from its headers and ``.cls`` members."""
+        with open(shard, "rb") as f:
+            kind = _COMPRESSED.get(f.read(2))
+        if kind:
+            raise ValueError(f"{shard} is {kind}-compressed; shards must be plain tar files (images are compressed)")
+        images: dict[str, tuple[int, int]] = {}
+        cls: dict[str, int] = {}
         try:
-            with tarfile.open(shard) as tf:
+            with tarfile.open(shard, "r:") as tf:
                 for m in tf:
                     if not m.isfile() or "." not in Path(m.name).name:
                         continue
                     key, ext = _split(m.name)
-                    if ext.lower() in IMAGE_KEYS:
-                        images.append(key)
+                    if ext.lower() in IMAGE_KEYS and key not in images:
+                        images[key] = (m.offset_data, m.size)
                     elif ext == "cls":
                         text = tf.extractfile(m).read().decode("utf-8", "replace").strip()
                         try:
@@ -88,62 +111,57 @@ class WebDatasetSource:
                             raise ValueError(f"{shard}: {m.name} holds {text!r}, not an integer class index") from err
         except tarfile.TarError as err:
             raise ValueError(f"{shard} is not a readable tar file ({err})") from err
-        return len(images), [cls.get(k, -1) for k in images]
+        return [Entry(i, key, off, size, cls.get(key, -1)) for key, (off, size) in images.items()]
 
     def __len__(self) -> int:
-        return int(sum(self.counts))
+        return sum(len(entries) for entries in self.index)
+
+    def __getstate__(self) -> dict[str, Any]:  # open files stay in their process
+        return {**self.__dict__, "_files": {}}
 
     def describe(self, key: str) -> str:
         return f"sample {key} of wds:{self.pattern}"
 
-    def stream(self, order: list[int] | None = None) -> Iterator[tuple[str, bytes, int]]:
-        """Samples in shard ``order`` (default: as listed), members in tar order."""
-        import webdataset as wds
+    def read(self, e: Entry) -> bytes:
+        """The encoded image of ``e`` (one seek and one read in its shard)."""
+        f = self._files.get(e.shard)
+        if f is None:
+            f = self._files[e.shard] = open(self.shards[e.shard], "rb")  # noqa: SIM115 (kept open for the epoch)
+        f.seek(e.offset)
+        return f.read(e.size)
 
-        urls = [{"url": self.shards[i]} for i in (order if order is not None else range(len(self.shards)))]
-        for sample in wds.tarfile_samples(urls):
-            image = next((sample[k] for k in sample if k.lower() in IMAGE_KEYS), None)
-            if image is None:
-                continue
-            label = int(sample["cls"].decode().strip()) if "cls" in sample else -1
-            yield sample["__key__"], image, label
-
-    def epoch_stream(self, seed: int, epoch: int, shuffle: bool) -> Iterator[tuple[str, bytes, int]]:
+    def epoch_order(self, seed: int, epoch: int, shuffle: bool) -> Iterator[Entry]:
+        """The samples of an epoch in order: shards in a seeded order through a seeded shuffle buffer."""
         if not shuffle:
-            yield from self.stream()
+            for entries in self.index:
+                yield from entries
             return
         rng = random.Random(mix_seed(seed, epoch, 1))
         order = list(range(len(self.shards)))
         rng.shuffle(order)
-        buffer: list[tuple[str, bytes, int]] = []
-        for item in self.stream(order):
-            if len(buffer) < self.shuffle_buffer:
-                buffer.append(item)
-                continue
-            j = rng.randrange(len(buffer))
-            yield buffer[j]
-            buffer[j] = item
+        buffer: list[Entry] = []
+        for i in order:
+            for e in self.index[i]:
+                if len(buffer) < self.shuffle_buffer:
+                    buffer.append(e)
+                    continue
+                j = rng.randrange(len(buffer))
+                yield buffer[j]
+                buffer[j] = e
         rng.shuffle(buffer)
         yield from buffer
 
     def first(self, count: int) -> list[tuple[Any, int]]:
         """The first ``count`` decodable samples in shard order, as ``(image, label)`` (a fixed probe batch)."""
         out = []
-        for _key, data, label in self.stream():
+        for e in self.epoch_order(0, 0, shuffle=False):
             try:
-                out.append((open_image(data), label))
+                out.append((open_image(self.read(e)), e.label))
             except UNREADABLE:
                 continue
             if len(out) == count:
                 break
         return out
-
-
-def _split(name: str) -> tuple[str, str]:
-    """WebDataset's key / extension split: the extension starts at the first dot of the base name."""
-    base = Path(name).name
-    stem, ext = base.split(".", 1)
-    return str(Path(name).parent / stem) if Path(name).parent != Path(".") else stem, ext
 
 
 class SeededStream(IterableDataset):
@@ -169,15 +187,16 @@ class SeededStream(IterableDataset):
     def __len__(self) -> int:
         return len(self.source)
 
-    def _sample(self, rows: list[tuple[str, bytes, int]], i: int, seed: int) -> dict[str, Any]:
+    def _sample(self, rows: list[Entry], i: int, seed: int) -> dict[str, Any]:
         for skipped in range(len(rows)):
-            key, data, label = rows[(i + skipped) % len(rows)]
+            e = rows[(i + skipped) % len(rows)]
+            label = e.label
             g = torch.Generator().manual_seed(seed)
             try:
-                x = self.helper.apply(open_image(data), seed, g)
+                x = self.helper.apply(open_image(self.source.read(e)), seed, g)
                 break
             except UNREADABLE as err:
-                self.helper._bad(self.source.describe(key), err)
+                self.helper._bad(self.source.describe(e.key), err)
         else:
             raise BadImageError(f"none of the {len(rows)} images of a batch of {self.source.pattern} can be read")
         sample = {"image": x, "label": label, "skipped": skipped}
@@ -196,8 +215,8 @@ class SeededStream(IterableDataset):
         def owned(k: int) -> bool:
             return k >= s.start_batch and (k - s.start_batch) % workers == worker and bool(s.positions(k))
 
-        rows: list[tuple[str, bytes, int]] = []
-        for p, item in enumerate(self.source.epoch_stream(s.seed, s.epoch, s.shuffle)):
+        rows: list[Entry] = []
+        for p, item in enumerate(self.source.epoch_order(s.seed, s.epoch, s.shuffle)):
             k = p // glob
             if k >= end:
                 break
@@ -207,7 +226,7 @@ class SeededStream(IterableDataset):
                     yield self._batch(rows, k)
                     rows = []
 
-    def _batch(self, rows: list[tuple[str, bytes, int]], k: int) -> dict[str, Any]:
+    def _batch(self, rows: list[Entry], k: int) -> dict[str, Any]:
         s = self.sampler
         positions = s.positions(k)
         samples = []
@@ -232,8 +251,8 @@ class StreamLoader:
         if s.start_batch and s.rank == 0:
             print(
                 f"resuming the stream wds:{self.dataset.source.pattern} at batch {s.start_batch} of epoch {s.epoch}: "
-                f"reading past {s.start_batch * s.batch_size * s.world_size} samples without decoding them (the "
-                "order is the same as without the stop, so the resume is exact)",
+                f"skipping {s.start_batch * s.batch_size * s.world_size} samples (nothing read: the order comes from "
+                "the shard index and is the same as without the stop, so the resume is exact)",
                 file=sys.stderr,
             )
         workers = min(self.workers, max(1, len(s)))
