@@ -153,6 +153,9 @@ class MAEAugment(SeededTransform):
         self.img_size, self.scale, self.ratio, self.hflip = img_size, scale, ratio, hflip
 
     def crop_box(self, width: int, height: int, g: torch.Generator) -> tuple[int, int, int, int]:
+        """A RandomResizedCrop box (left, top, right, bottom) in pixels of a ``width`` x ``height`` image,
+        drawn from ``g`` as torchvision samples it (ten tries, then a centre crop).
+        """
         area = width * height
         log_ratio = (math.log(self.ratio[0]), math.log(self.ratio[1]))
         for _ in range(10):
