@@ -23,6 +23,7 @@ except ImportError:  # a checkout without `pip install -e .`: use the library ne
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from whitebox.cli import choice, device, integer, number, require, seed
+from whitebox.data import BAD_IMAGE_POLICIES, data_options
 from whitebox.io import write_json
 from whitebox.train import RunFolder, atomic_save, build_dataset
 from whitebox.train.checkpoint import seed_everything
@@ -34,7 +35,6 @@ from whitebox.train.common import (
     model_kwargs_from_args,
     resolve_precision,
 )
-from whitebox.train.data import BAD_IMAGE_POLICIES
 from whitebox.train.distributed import resolve_device
 from whitebox.train.probe import linear_probe
 from whitebox.train.run import run_args, run_main
@@ -86,14 +86,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 f"--layer {args.layer} is outside this {depth}-block encoder: give 0 to {depth - 1} "
                 f"(or -{depth} to -1, counted from the last)",
             )
-        train_set = build_dataset(args.data, args.train_split, args.download, args.data_root)
+        opts = data_options(args)
+        train_set = build_dataset(args.data, args.train_split, args.download, args.data_root, **opts)
         if args.max_train:
             # a seeded random subset: folders list their images class by class, so a prefix would drop classes
             g = torch.Generator().manual_seed(args.seed)
             keep = torch.randperm(len(train_set), generator=g)[: args.max_train].sort().values.tolist()
             train_set = torch.utils.data.Subset(train_set, keep)
         test_split = None if args.test_data else args.test_split  # a file or folder of test images only
-        test_set = build_dataset(args.test_data or args.data, test_split, args.download, args.data_root)
+        test_set = build_dataset(args.test_data or args.data, test_split, args.download, args.data_root, **opts)
         result = linear_probe(
             encoder,
             train_set,

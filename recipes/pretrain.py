@@ -31,11 +31,11 @@ except ImportError:  # a checkout without `pip install -e .`: use the library ne
 
 from whitebox.analysis import reconstruction_grid
 from whitebox.cli import free, integer, number, require
+from whitebox.data import data_options, fixed_batch, seeded_dataset
 from whitebox.train import (
     MAEAugment,
     ResumableBatchSampler,
     RunFolder,
-    SeededDataset,
     TrainLoop,
     build_dataset,
     cleanup_distributed,
@@ -47,6 +47,7 @@ from whitebox.train import (
 from whitebox.train.checkpoint import seed_everything
 from whitebox.train.common import (
     add_batch_args,
+    add_column_args,
     add_lr_args,
     add_model_shape_args,
     add_run_args,
@@ -56,7 +57,6 @@ from whitebox.train.common import (
     model_kwargs_from_args,
     resolve_precision,
 )
-from whitebox.train.data import fixed_batch
 from whitebox.train.run import run_main
 
 # What ``python recipes/pretrain.py`` with no data argument trains: a small CRATE-MAE on the bundled
@@ -88,12 +88,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--norm-pix-loss", action="store_true", help="regress per-patch normalised pixels")
     d = p.add_argument_group("data")
     d.add_argument(
-        "--data", default=None, help="image folder, .npz (arrays or JPEG pack), 'cifar10'; unset: bundled photos"
+        "--data",
+        default=None,
+        help="image folder, .npz (arrays or JPEG pack), 'cifar10', hf:NAME[:SPLIT] or hf:PATH (Hugging Face datasets), "
+        "wds:PATTERN (WebDataset shards, brace ranges); unset: bundled photos",
     )
     d.add_argument("--split", default="train")
     free(d.add_argument("--download", action="store_true", help="let torchvision download CIFAR-10 into --data-root"))
     free(d.add_argument("--data-root", default="data", help="where --data cifar10 lives"))
     d.add_argument("--samples-per-epoch", type=integer(gt=0), default=None, help="epoch length for the bundled photos")
+    add_column_args(d)
     o = p.add_argument_group("optimisation")
     o.add_argument("--epochs", type=integer(gt=0), default=None, help="(default 400)")
     o.add_argument("--steps", type=integer(gt=0), default=None, help="optimizer steps in all (overrides --epochs)")
@@ -210,11 +214,14 @@ class MAEPretraining(TrainLoop):
         patch_embed = model.encoder.patch_embed
         self.img_size, self.num_patches = patch_embed.img_size[0], patch_embed.num_patches
 
-        base = build_dataset(args.data, args.split, args.download, args.data_root, args.samples_per_epoch)
-        self.dataset = SeededDataset(base, MAEAugment(self.img_size), self.num_patches, args.on_bad_image)
+        base = build_dataset(
+            args.data, args.split, args.download, args.data_root, args.samples_per_epoch, **data_options(args)
+        )
+        self.dataset = seeded_dataset(base, MAEAugment(self.img_size), self.num_patches, args.on_bad_image)
+        self.skipped_files = getattr(base, "skipped_files", [])  # files of the folder not used, with why
         self.sampler = ResumableBatchSampler(len(base), args.batch_size, dist.rank, dist.world_size, seed=args.seed)
         workers = args.workers if args.workers is not None else (0 if self.device.type == "cpu" else 8)
-        self.loader = make_loader(self.dataset, self.sampler, workers, pin_memory=self.device.type == "cuda")
+        self.loader = make_loader(self.dataset, self.sampler, workers, device=self.device)
         self.probe_imgs, self.probe_noise = fixed_batch(
             base, 32, self.img_size, self.num_patches, args.seed, args.on_bad_image
         )
@@ -374,6 +381,7 @@ class MAEPretraining(TrainLoop):
             "total_steps": self.total_steps,
             "warmup_steps": self.warmup_steps,
             "torch": torch.__version__,
+            "skipped_files": [f"{path}: {why}" for path, why in self.skipped_files],
         }
 
     def describe(self) -> str:

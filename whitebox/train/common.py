@@ -85,12 +85,23 @@ def add_encoder_args(parser: argparse.ArgumentParser) -> None:
 def add_labelled_data_args(parser: argparse.ArgumentParser) -> None:
     """Labelled training and test images: the flags of fine-tuning and the linear probe."""
     d = parser.add_argument_group("data")
-    d.add_argument("--data", required=True, help="labelled data: .npz, image folder or 'cifar10'")
+    d.add_argument(
+        "--data",
+        required=True,
+        help="labelled data: .npz, image folder, 'cifar10', hf:NAME[:SPLIT] / hf:PATH, wds:PATTERN",
+    )
     d.add_argument("--test-data", default=None, help="a file or folder of labelled test images (default: test split)")
     d.add_argument("--train-split", default="train")
     d.add_argument("--test-split", default="test")
     free(d.add_argument("--download", action="store_true", help="let torchvision download CIFAR-10 into --data-root"))
     free(d.add_argument("--data-root", default="data", help="where --data cifar10 lives"))
+    add_column_args(d)
+
+
+def add_column_args(group: argparse._ArgumentGroup) -> None:
+    """``--image-column`` / ``--label-column``: the columns of a Hugging Face dataset (``--data hf:...``)."""
+    group.add_argument("--image-column", default=None, help="hf: data: the image column (default: found)")
+    group.add_argument("--label-column", default=None, help="hf: data: the label column (default: found)")
 
 
 def add_batch_args(parser: argparse.ArgumentParser | argparse._ArgumentGroup, batch_size: int | None) -> None:
