@@ -31,6 +31,7 @@ class ArrayImageDataset(Dataset):
         self.images, self.source = images, source
 
     def describe(self, i: int) -> str:
+        """Which image item ``i`` is, for error messages: ``"image I of SOURCE"``."""
         return f"image {i} of {self.source}"
 
     def __len__(self) -> int:
@@ -78,6 +79,7 @@ class JpegPackDataset(Dataset):
         self.jpeg, self.offsets, self.source = jpeg, offsets, source
 
     def describe(self, i: int) -> str:
+        """Which encoded image item ``i`` is, for error messages: ``"image I of the JPEG pack SOURCE"``."""
         return f"image {i} of the JPEG pack {self.source}"
 
     def __len__(self) -> int:

@@ -217,6 +217,7 @@ class RelabelledDataset(Dataset):
         return img, int(self.mapping[label])
 
     def describe(self, i: int) -> str:
+        """Where item ``i`` comes from, as the base dataset describes it (``describe_item``)."""
         return describe_item(self.base, i)
 
 

@@ -115,6 +115,7 @@ class ClassFolder(Dataset):
         return open_image(self.files[i]), int(self.labels[i])
 
     def describe(self, i: int) -> str:
+        """The path of the file item ``i`` is read from, for error messages."""
         return str(self.files[i])
 
 
@@ -150,6 +151,7 @@ class FlatImageFolder(Dataset):
         return open_image(self.files[i]), -1
 
     def describe(self, i: int) -> str:
+        """The path of the file item ``i`` is read from, for error messages."""
         return str(self.files[i])
 
 

@@ -72,6 +72,7 @@ class HFImageDataset(Dataset):
         return len(self.ds)
 
     def describe(self, i: int) -> str:
+        """Which row item ``i`` is, for error messages: ``"row I of SOURCE"``."""
         return f"row {i} of {self.source}"
 
     def __getitem__(self, i: int) -> tuple[Image.Image, int]:

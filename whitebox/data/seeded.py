@@ -63,6 +63,23 @@ class SeededDataset(Dataset):
         return len(self.base)
 
     def apply(self, img: Any, seed: int, g: torch.Generator) -> torch.Tensor:
+        """The transform applied to one image under the sample's seed.
+
+        Args:
+            img: the base dataset's image (a PIL image in RGB).
+            seed: the sample's seed (from run seed, epoch and position).
+            g: a CPU generator seeded with ``seed``, which a ``SeededTransform`` draws from; the caller
+                draws the MAE mask noise from it afterwards.
+
+        Returns:
+            What the transform returns: uint8 (3, H, W) from a ``SeededTransform``; a plain callable's
+            output (timm's transforms: normalised float (3, H, W)), run under ``seeded_call(fn, seed)``.
+
+        Raises:
+            OSError: the image cannot be decoded (``__getitem__`` skips it or raises ``BadImageError``,
+                as ``on_bad_image`` says).
+            ValueError: the same, for a decoder that reports a bad image this way.
+        """
         if isinstance(self.transform, SeededTransform):
             return self.transform(img, g)
         return seeded_call(self.transform, seed, img)

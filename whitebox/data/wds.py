@@ -120,6 +120,7 @@ class WebDatasetSource:
         return {**self.__dict__, "_files": {}}
 
     def describe(self, key: str) -> str:
+        """Which sample ``key`` (its ``__key__`` in the shards) is, for error messages."""
         return f"sample {key} of wds:{self.pattern}"
 
     def read(self, e: Entry) -> bytes:
