@@ -7,8 +7,9 @@ AdamW(0.9, 0.999), ``lr = blr * effective_batch / 256`` with layer-wise decay (b
 ``lr * decay^(L + 1 - i)``, groups from the model's ``group_matcher``), per-step warmup then cosine,
 label smoothing, mixup / cutmix and RandAugment from timm, drop path; DistributedDataParallel under
 ``torchrun``. The loop, checkpoints (best by test top-1), exact resume and the output folder's lock
-are ``whitebox.train.TrainLoop``'s. timm's augmentations draw from the global RNG, which checkpoints
-keep per rank, so a resumed run continues the same random stream.
+are ``whitebox.train.TrainLoop``'s. timm's augmentations run under a seed of their sample
+(run seed, epoch, position), and mixup and drop path draw from the global streams that checkpoints
+keep per rank, so a resumed run ends bit-identical to an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -33,11 +34,11 @@ import torch
 from torch import nn
 
 from whitebox.cli import require
+from whitebox.data import align_labels, data_options, dataset_labels, seeded_dataset
 from whitebox.data_config import eval_overrides, eval_transform, resolve_eval_config
 from whitebox.train import (
     ResumableBatchSampler,
     RunFolder,
-    SeededDataset,
     TrainLoop,
     all_reduce_mean,
     build_dataset,
@@ -55,7 +56,6 @@ from whitebox.train.common import (
     model_kwargs_from_args,
     resolve_precision,
 )
-from whitebox.train.data import dataset_labels
 from whitebox.train.run import run_main
 
 build_parser = finetune_parser
@@ -79,12 +79,16 @@ class Finetuning(TrainLoop):
         self.base_lr = args.lr if args.lr is not None else scaled_lr(args.blr, self.effective_batch)
         check_lr(args, self.base_lr, self.effective_batch)
         seed_everything(args.seed + dist.rank)
-        train_base = build_dataset(args.data, args.train_split, args.download, args.data_root)
+        opts = data_options(args)
+        train_base = build_dataset(args.data, args.train_split, args.download, args.data_root, **opts)
         test_split = None if args.test_data else args.test_split  # a file or folder of test images only
-        test_base = build_dataset(args.test_data or args.data, test_split, args.download, args.data_root)
+        test_base = build_dataset(args.test_data or args.data, test_split, args.download, args.data_root, **opts)
         train_labels = dataset_labels(train_base, f"--data {args.data}")
-        test_labels = dataset_labels(test_base, f"the test images ({args.test_data or args.data})")
-        self.num_classes = 1 + max(int(train_labels.max()), int(test_labels.max()))
+        dataset_labels(test_base, f"the test images ({args.test_data or args.data})")
+        # classes matched by name (a class folder missing from one split must not renumber the others)
+        test_base = align_labels(train_base, test_base, "training", "test")
+        self.skipped_files = [*getattr(train_base, "skipped_files", []), *getattr(test_base, "skipped_files", [])]
+        self.num_classes = 1 + int(train_labels.max())
         torch.manual_seed(args.seed)  # identical head initialisation on every rank
         encoder, self.model_name, self.model_kwargs = load_encoder(
             args.model,
@@ -112,16 +116,19 @@ class Finetuning(TrainLoop):
             mean=self.eval_config["mean"],
             std=self.eval_config["std"],
         )
-        train_set = SeededDataset(train_base, transform, on_bad_image=args.on_bad_image)
-        test_tf = eval_transform(self.model, **eval_overrides(args))
-        test_set = SeededDataset(test_base, test_tf, on_bad_image=args.on_bad_image)
+        # timm's transforms draw from the global streams: seeded_dataset runs each under the sample's own seed
+        train_set = seeded_dataset(train_base, transform, on_bad_image=args.on_bad_image)
+        # uint8 (3, H, W): the loader normalises with the record's mean / std (below)
+        test_tf = eval_transform(self.model, uint8=True, **eval_overrides(args))
+        test_set = seeded_dataset(test_base, test_tf, on_bad_image=args.on_bad_image)
         self.sampler = ResumableBatchSampler(len(train_set), args.batch_size, dist.rank, dist.world_size, args.seed)
         test_sampler = ResumableBatchSampler(
             len(test_set), args.batch_size, dist.rank, dist.world_size, shuffle=False, drop_last=False
         )
         workers = args.workers if args.workers is not None else (0 if device.type == "cpu" else 8)
-        self.loader = make_loader(train_set, self.sampler, workers, pin_memory=device.type == "cuda")
-        self.test_loader = make_loader(test_set, test_sampler, workers, pin_memory=device.type == "cuda")
+        norm = dict(mean=self.eval_config["mean"], std=self.eval_config["std"])  # for uint8 images
+        self.loader = make_loader(train_set, self.sampler, workers, device=device, **norm)
+        self.test_loader = make_loader(test_set, test_sampler, workers, device=device, **norm)
 
         self.steps_per_epoch = len(self.sampler) // args.accum_iter
         if self.steps_per_epoch == 0:
@@ -202,6 +209,7 @@ class Finetuning(TrainLoop):
             "effective_batch": self.effective_batch,
             "total_steps": self.total_steps,
             "params": count_params(self.model),
+            "skipped_files": [f"{path}: {why}" for path, why in self.skipped_files],
         }
 
     def describe(self) -> str:

@@ -30,12 +30,12 @@ if __name__ == "__main__":
 import torch
 
 from whitebox.cli import require
+from whitebox.data import align_labels, data_options, dataset_labels
 from whitebox.data_config import eval_overrides, eval_transform, resolve_eval_config
 from whitebox.io import write_json
 from whitebox.train import RunFolder, atomic_save, build_dataset
 from whitebox.train.checkpoint import seed_everything
 from whitebox.train.common import load_encoder, model_kwargs_from_args, resolve_precision
-from whitebox.train.data import dataset_labels
 from whitebox.train.distributed import resolve_device
 from whitebox.train.probe import (
     FEATURE_KEYS,
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             )
         # the model's record (crop_pct, interpolation, mean / std) unless overridden, as validate does
         config = resolve_eval_config(encoder, **eval_overrides(args))
-        transform = eval_transform(encoder, **eval_overrides(args))
+        transform = eval_transform(encoder, uint8=True, **eval_overrides(args))  # normalised by the loader
         record = {
             "model": model_name,
             "model_kwargs": model_kwargs,
@@ -88,20 +88,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "layer": args.layer,
             "transform": {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()},
             "data": [args.data, args.train_split, args.test_data, None if args.test_data else args.test_split],
+            "columns": [args.image_column, args.label_column],
             "max_train": [args.max_train, args.seed] if args.max_train else None,
         }
         features = load_features(args.load_features, record) if args.load_features else {}
-        if not features or (args.baseline and "baseline_train" not in features):
-            train_set = build_dataset(args.data, args.train_split, args.download, args.data_root)
+        loaded = bool(features)
+        built = not loaded or (args.baseline and "baseline_train" not in features)
+        if built:
+            opts = data_options(args)
+            train_set = build_dataset(args.data, args.train_split, args.download, args.data_root, **opts)
             if args.max_train:
                 # a seeded random subset: folders list their images class by class, so a prefix would drop classes
                 g = torch.Generator().manual_seed(args.seed)
                 keep = torch.randperm(len(train_set), generator=g)[: args.max_train].sort().values.tolist()
                 train_set = torch.utils.data.Subset(train_set, keep)
             test_split = None if args.test_data else args.test_split  # a file or folder of test images only
-            test_set = build_dataset(args.test_data or args.data, test_split, args.download, args.data_root)
-            dataset_labels(train_set, "the training images")
-            dataset_labels(test_set, "the test images")
+            test_set = build_dataset(args.test_data or args.data, test_split, args.download, args.data_root, **opts)
+            y_all = dataset_labels(train_set, "the training images")
+            test_set = align_labels(train_set, test_set)  # test classes matched to training's by name
+            features["num_classes"] = torch.tensor(int(y_all.max()) + 1)
         kw = dict(
             pool=args.pool,
             layer=args.layer,
@@ -111,6 +116,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             workers=args.workers,
             on_bad_image=args.on_bad_image,
             transform=transform,
+            mean=config["mean"],
+            std=config["std"],
         )
         img_size = encoder.patch_embed.img_size[0]
 
@@ -121,7 +128,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     net, dataset, img_size, progress=label, **kw
                 )
 
-        t0, loaded = time.perf_counter(), bool(features)
+        t0 = time.perf_counter()
         if not loaded:
             extract(encoder, "")
         if args.baseline and "baseline_train" not in features:
@@ -141,11 +148,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             batch_size=args.batch_size,
             seed=args.seed,
         )
-        result = fit_probe(*(features[k] for k in FEATURE_KEYS), **fit)
+        if "num_classes" in features:  # from the training labels (saved with the features)
+            fit["num_classes"] = int(features["num_classes"])
+        named = dict(train_set=train_set, test_set=test_set) if built else {}  # to name a non-finite feature's image
+        result = fit_probe(*(features[k] for k in FEATURE_KEYS), **fit, **named)
         result["extract_s"] = extract_s
         result["features_from"] = args.load_features
         if args.baseline:
-            base = fit_probe(*(features["baseline_" + k] for k in FEATURE_KEYS), **fit)
+            base = fit_probe(*(features["baseline_" + k] for k in FEATURE_KEYS), **fit, **named)
             result["baseline_top1"], result["baseline_train_top1"] = base["top1"], base["train_top1"]
         result["eval_transform"] = record["transform"]
         probe = result.pop("probe")

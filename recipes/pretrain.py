@@ -37,11 +37,11 @@ from torch import nn
 
 from whitebox.analysis import reconstruction_grid
 from whitebox.cli import require
+from whitebox.data import data_options, fixed_batch, seeded_dataset
 from whitebox.train import (
     MAEAugment,
     ResumableBatchSampler,
     RunFolder,
-    SeededDataset,
     TrainLoop,
     build_dataset,
     cleanup_distributed,
@@ -58,7 +58,6 @@ from whitebox.train.common import (
     model_kwargs_from_args,
     resolve_precision,
 )
-from whitebox.train.data import fixed_batch
 from whitebox.train.run import run_main
 
 # the demo's values (no --data) and every other run's defaults: defined with the flags, in whitebox.recipe_args
@@ -154,11 +153,14 @@ class MAEPretraining(TrainLoop):
         patch_embed = model.encoder.patch_embed
         self.img_size, self.num_patches = patch_embed.img_size[0], patch_embed.num_patches
 
-        base = build_dataset(args.data, args.split, args.download, args.data_root, args.samples_per_epoch)
-        self.dataset = SeededDataset(base, MAEAugment(self.img_size), self.num_patches, args.on_bad_image)
+        base = build_dataset(
+            args.data, args.split, args.download, args.data_root, args.samples_per_epoch, **data_options(args)
+        )
+        self.dataset = seeded_dataset(base, MAEAugment(self.img_size), self.num_patches, args.on_bad_image)
+        self.skipped_files = getattr(base, "skipped_files", [])  # files of the folder not used, with why
         self.sampler = ResumableBatchSampler(len(base), args.batch_size, dist.rank, dist.world_size, seed=args.seed)
         workers = args.workers if args.workers is not None else (0 if self.device.type == "cpu" else 8)
-        self.loader = make_loader(self.dataset, self.sampler, workers, pin_memory=self.device.type == "cuda")
+        self.loader = make_loader(self.dataset, self.sampler, workers, device=self.device)
         self.probe_imgs, self.probe_noise = fixed_batch(
             base, 32, self.img_size, self.num_patches, args.seed, args.on_bad_image
         )
@@ -324,6 +326,7 @@ class MAEPretraining(TrainLoop):
             "total_steps": self.total_steps,
             "warmup_steps": self.warmup_steps,
             "torch": torch.__version__,
+            "skipped_files": [f"{path}: {why}" for path, why in self.skipped_files],
         }
 
     def describe(self) -> str:
@@ -345,8 +348,8 @@ class KNNMonitor:
     """
 
     def __init__(self, model: nn.Module, args: argparse.Namespace, device: torch.device, precision: str) -> None:
-        from whitebox.data_config import eval_transform
-        from whitebox.train.data import dataset_labels
+        from whitebox.data import dataset_labels
+        from whitebox.data_config import eval_transform, resolve_eval_config
 
         self.model, self.args, self.device, self.precision = model, args, device, precision
         self.sets = {}
@@ -363,7 +366,9 @@ class KNNMonitor:
                 f"--knn-k {args.knn_k} is more than the {len(self.sets['train'])} training images of --knn-data "
                 f"{args.knn_data}; give at most that many"
             )
-        self.transform = eval_transform(model)
+        self.transform = eval_transform(model, uint8=True)  # uint8: the loader normalises with the record's
+        config = resolve_eval_config(model)
+        self.mean, self.std = config["mean"], config["std"]
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
@@ -392,6 +397,8 @@ class KNNMonitor:
                         precision=self.precision,
                         on_bad_image=self.args.on_bad_image,
                         transform=self.transform,
+                        mean=self.mean,
+                        std=self.std,
                     )
                     for split, ds in self.sets.items()
                 }

@@ -145,7 +145,7 @@ def test_groups_in_the_same_order():
 
 
 def test_recipe_flag_constants_agree_with_the_library():
-    from whitebox.train.data import BAD_IMAGE_POLICIES as library
+    from whitebox.data import BAD_IMAGE_POLICIES as library
 
     assert library == BAD_IMAGE_POLICIES
 

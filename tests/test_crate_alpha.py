@@ -170,7 +170,12 @@ def test_official_weights_adapt_to_classes_channels_and_size(tmp_path):
     g = torch.randn(2, 1, 32, 32)
     with torch.no_grad():  # timm's rule for one channel: the conv weights summed over RGB
         assert _max_err(grey(g), ref(g.expand(-1, 3, -1, -1))) < 1e-4
-    big = whitebox.create_model("crate_alpha_base_patch16", **{**SHAPE, "img_size": 48}, checkpoint_path=path)
+    with pytest.raises(ValueError, match="does not record its image size"):  # a bare file: the grid is unknown
+        whitebox.create_model("crate_alpha_base_patch16", **{**SHAPE, "img_size": 48}, checkpoint_path=path)
+    trained = {"img_size": SHAPE["img_size"], "patch_size": SHAPE["patch_size"]}
+    big = whitebox.create_model(
+        "crate_alpha_base_patch16", **{**SHAPE, "img_size": 48}, checkpoint_path=path, pretrained_model_args=trained
+    )
     assert big.pos_embed.shape == (1, 1 + 36, 64) and big(torch.randn(1, 3, 48, 48)).shape == (1, 1000)
 
 

@@ -24,6 +24,7 @@ __all__ = [
     "PRETRAIN_DEFAULTS",
     "PRETRAIN_DEMO",
     "add_batch_args",
+    "add_column_args",
     "add_encoder_args",
     "add_labelled_data_args",
     "add_lr_args",
@@ -36,7 +37,7 @@ __all__ = [
 ]
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-BAD_IMAGE_POLICIES = ("skip", "error")  # whitebox.train.data's (a test checks that they agree)
+BAD_IMAGE_POLICIES = ("skip", "error")  # whitebox.data's (a copy: that package imports torch; a test checks they agree)
 MODEL_SHAPE_FLAGS = ("img_size", "patch_size", "embed_dim", "depth", "num_heads", "decoder_depth", "decoder_num_heads")
 
 # What ``python recipes/pretrain.py`` with no --data trains: a small CRATE-MAE on the bundled photos, about a
@@ -129,7 +130,12 @@ def add_encoder_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup
 def add_labelled_data_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     """Labelled training and test images: the flags of fine-tuning and the linear probe."""
     d = parser.add_argument_group("data")
-    d.add_argument("--data", required=True, metavar="SOURCE", help="labelled data: .npz, image folder or 'cifar10'")
+    d.add_argument(
+        "--data",
+        required=True,
+        metavar="SOURCE",
+        help="labelled data: .npz, image folder, 'cifar10', hf:NAME[:SPLIT] / hf:PATH, wds:PATTERN",
+    )
     d.add_argument(
         "--test-data",
         default=None,
@@ -140,7 +146,14 @@ def add_labelled_data_args(parser: argparse.ArgumentParser) -> argparse._Argumen
     d.add_argument("--test-split", default="test", metavar="NAME", help="split of --data to evaluate on")
     free(d.add_argument("--download", action="store_true", help="let torchvision download CIFAR-10 into --data-root"))
     free(d.add_argument("--data-root", default="data", metavar="DIR", help="where --data cifar10 lives"))
+    add_column_args(d)
     return d
+
+
+def add_column_args(group: argparse._ArgumentGroup) -> None:
+    """``--image-column`` / ``--label-column``: the columns of a Hugging Face dataset (``--data hf:...``)."""
+    group.add_argument("--image-column", default=None, metavar="NAME", help="hf: data: the image column (unset: found)")
+    group.add_argument("--label-column", default=None, metavar="NAME", help="hf: data: the label column (unset: found)")
 
 
 def add_batch_args(parser: argparse.ArgumentParser | argparse._ArgumentGroup, batch_size: int | None) -> None:
@@ -301,11 +314,13 @@ def pretrain_parser(prog: str | None = None) -> argparse.ArgumentParser:
         "--data",
         default=None,
         metavar="SOURCE",
-        help="image folder, .npz (arrays or JPEG pack), 'cifar10'; unset: bundled photos (the demo)",
+        help="image folder, .npz (arrays or JPEG pack), 'cifar10', hf:NAME[:SPLIT] or hf:PATH (Hugging Face datasets), "
+        "wds:PATTERN (WebDataset shards, brace ranges); unset: bundled photos (the demo)",
     )
     d.add_argument("--split", default="train", metavar="NAME", help="split of --data to train on")
     free(d.add_argument("--download", action="store_true", help="let torchvision download CIFAR-10 into --data-root"))
     free(d.add_argument("--data-root", default="data", metavar="DIR", help="where --data cifar10 lives"))
+    add_column_args(d)
     d.add_argument(
         "--samples-per-epoch",
         type=integer(gt=0),

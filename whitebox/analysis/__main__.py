@@ -122,9 +122,9 @@ def _recipe_record(path: str | None) -> dict[str, Any]:
     """What a recipe checkpoint says about itself (model, step, training data); {} for plain weights."""
     if path is None:
         return {}
-    if not Path(path).is_file():
+    if not Path(path).exists():
         raise FileNotFoundError(f"--checkpoint {path}: no such file")
-    from registry import read_checkpoint
+    from registry import read_checkpoint  # a folder: CheckpointIsAFolderError, listing the weight files in it
 
     obj = read_checkpoint(path)
     if not isinstance(obj, dict) or "model" not in obj or not isinstance(obj.get("args"), dict):

@@ -227,4 +227,10 @@ class TransformerBlock(Block):
         )
 
     def probes(self) -> BlockProbes:
+        """No compression step, no subspaces, no maps: the analysis measures the block output only.
+
+        Returns:
+            An empty ``BlockProbes``: the compression columns stay empty by design, sparsity and l1 are
+            read from the block output (B, N, d), and the block has no attention pictures.
+        """
         return BlockProbes()

@@ -27,7 +27,18 @@ __all__ = ["AttentionMaps", "BlockProbes", "Probe", "linear_flops", "merge", "pr
 
 @dataclass(frozen=True)
 class Probe:
-    """A place to read tokens: ``module``'s first positional input or its output."""
+    """A place to read tokens: ``module``'s first positional input or its output.
+
+    The analysis installs a forward pre-hook (``side='input'``) or a forward hook (``side='output'``) on
+    ``module``, so the forward itself is unchanged and fused paths stay fused.
+
+    Attributes:
+        module: the module to hook; what it reads are tokens (B, N, d).
+        side: ``'input'`` (the module's first positional input) or ``'output'`` (its output).
+
+    Raises:
+        ValueError: ``side`` is neither ``'input'`` nor ``'output'``.
+    """
 
     module: nn.Module
     side: Literal["input", "output"] = "output"

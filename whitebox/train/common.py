@@ -24,6 +24,7 @@ from ..recipe_args import (  # noqa: F401
     MODEL_SHAPE_FLAGS,
     PRECISIONS,
     add_batch_args,
+    add_column_args,
     add_encoder_args,
     add_labelled_data_args,
     add_lr_args,

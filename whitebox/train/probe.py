@@ -17,17 +17,28 @@ import hashlib
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
+
+from whitebox.data import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    EvalTransform,
+    ResumableBatchSampler,
+    align_labels,
+    dataset_labels,
+    describe_item,
+    make_loader,
+    seeded_dataset,
+)
 
 from .common import amp_context
-from .data import EvalTransform, ResumableBatchSampler, SeededDataset, dataset_labels
 from .schedule import set_lr, warmup_cosine
 
 
@@ -46,23 +57,28 @@ def extract_features(
     on_bad_image: str = "skip",
     transform: Callable[[Any], torch.Tensor] | None = None,
     progress: str | None = None,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Frozen features (N, d) in float32 and labels (N,) for every image of ``dataset`` (an unreadable one
     is replaced by the next readable, with a warning naming it, or stops the run: ``on_bad_image``).
 
-    ``transform``: PIL image -> normalised (3, H, W) tensor, e.g. ``whitebox.data_config.eval_transform(encoder)``
-    (the model's record); unset, a bicubic resize to ``img_size / crop_pct`` and centre crop. ``progress``:
+    ``transform``: PIL image -> uint8 (3, H, W) tensor, normalised on the device with ``mean`` / ``std`` (as
+    ``(x / 255 - mean) / std``), e.g. ``whitebox.data_config.eval_transform(encoder, uint8=True)`` with the
+    ``mean`` / ``std`` of ``resolve_eval_config(encoder)`` (the model's record); a transform returning float
+    images is taken as normalising itself (passed through). Unset: a bicubic resize to ``img_size / crop_pct``
+    and centre crop, normalised with ``mean`` / ``std``. ``progress``:
     a label for a progress bar on stderr (tqdm, when installed), or None for none.
     """
     device = torch.device(device)
     encoder.eval().to(device)
     tf = transform if transform is not None else EvalTransform(img_size, crop_pct)
-    ds = SeededDataset(dataset, tf, on_bad_image=on_bad_image)
+    ds = seeded_dataset(dataset, tf, on_bad_image=on_bad_image)
     sampler = ResumableBatchSampler(len(ds), batch_size, shuffle=False, drop_last=False)
-    loader = DataLoader(ds, batch_sampler=sampler, num_workers=workers, pin_memory=device.type == "cuda")
+    loader = make_loader(ds, sampler, workers, device=device, mean=mean, std=std)
     feats, labels = [], []
     for batch in _progress(loader, progress, len(ds)):
-        x, y = batch["image"].to(device, non_blocking=True), batch["label"]
+        x, y = batch["image"], batch["label"].cpu()
         if layer is None:
             with amp_context(device, precision):
                 tokens = encoder.forward_features(x)
@@ -74,7 +90,7 @@ def extract_features(
     return torch.cat(feats), torch.cat(labels).long()
 
 
-def _progress(loader: DataLoader, label: str | None, total: int) -> Any:
+def _progress(loader: Iterable[dict[str, Any]], label: str | None, total: int) -> Any:
     """Batches of ``loader``, with a tqdm bar counting images when ``label`` is given and tqdm installed."""
     if label is None:
         yield from loader
@@ -104,6 +120,31 @@ def _intermediate_pool(encoder: nn.Module, x: torch.Tensor, layer: int, pool: st
     return prefix[:, 0] if pool == "token" else patches.mean(1)
 
 
+class NonFiniteFeaturesError(ValueError):
+    """The features (or the fitted probe) hold NaN or infinite values: a probe of them means nothing."""
+
+
+def check_finite_features(feats: torch.Tensor, dataset: Dataset | None = None, what: str = "training") -> None:
+    """A ``NonFiniteFeaturesError`` naming how many rows of ``feats`` (N, d) are not finite and the first one."""
+    bad = (~torch.isfinite(feats)).any(1).nonzero().flatten()
+    if len(bad):
+        i = int(bad[0])
+        where = f" ({describe_item(dataset, i)})" if dataset is not None else ""
+        raise NonFiniteFeaturesError(
+            f"the encoder gave non-finite features (NaN or inf) for {len(bad)} of {len(feats)} {what} images, first "
+            f"image {i}{where}: the weights may hold NaN or inf (a diverged run; check the checkpoint), or the "
+            "activations overflow at this precision (try --precision fp32)"
+        )
+
+
+def _check_fit(probe: nn.Module, solver: str) -> None:
+    if not all(torch.isfinite(p).all() for p in probe.parameters()):
+        raise NonFiniteFeaturesError(
+            f"the {solver} probe diverged to non-finite weights (NaN or inf) on finite features; lower --lr "
+            "(sgd) or raise --weight-decay"
+        )
+
+
 class LinearProbe(nn.Module):
     """``BatchNorm1d(affine=False)`` + ``Linear``: the MAE linear-probe head."""
 
@@ -121,7 +162,10 @@ class LinearProbe(nn.Module):
 def fit_lbfgs(
     feats: torch.Tensor, labels: torch.Tensor, num_classes: int, weight_decay: float = 1e-4, max_iter: int = 300
 ) -> LinearProbe:
-    """Full-batch L-BFGS on standardised features (the BatchNorm's statistics are the whole set's)."""
+    """Full-batch L-BFGS on standardised features (the BatchNorm's statistics are the whole set's).
+
+    Raises ``NonFiniteFeaturesError`` for non-finite features or a fit that diverged."""
+    check_finite_features(feats)
     probe = LinearProbe(feats.shape[1], num_classes).to(feats.device)
     with torch.no_grad():  # eval-mode BatchNorm with the set's mean and (unbiased) variance = standardisation
         probe.norm.running_mean.copy_(feats.mean(0))
@@ -145,6 +189,7 @@ def fit_lbfgs(
         return loss
 
     opt.step(closure)
+    _check_fit(probe, "L-BFGS")
     return probe
 
 
@@ -158,7 +203,10 @@ def fit_sgd(
     batch_size: int = 256,
     seed: int = 0,
 ) -> LinearProbe:
-    """Mini-batch SGD (momentum 0.9) with warmup (10 % of steps) and cosine, on cached features."""
+    """Mini-batch SGD (momentum 0.9) with warmup (10 % of steps) and cosine, on cached features.
+
+    Raises ``NonFiniteFeaturesError`` for non-finite features or a fit that diverged."""
+    check_finite_features(feats)
     probe = LinearProbe(feats.shape[1], num_classes).to(feats.device)
     opt = torch.optim.SGD(probe.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
     g = torch.Generator().manual_seed(seed)
@@ -176,6 +224,7 @@ def fit_sgd(
             loss.backward()
             opt.step()
             step += 1
+    _check_fit(probe, "SGD")
     return probe.eval()
 
 
@@ -198,10 +247,23 @@ def fit_probe(
     lr: float = 0.1,
     batch_size: int = 256,
     seed: int = 0,
+    num_classes: int | None = None,
+    train_set: Dataset | None = None,
+    test_set: Dataset | None = None,
 ) -> dict[str, Any]:
-    """Fit the probe on features (N, d) and labels (N,); train / test top-1 (fractions) and the probe."""
+    """Fit the probe on features (N, d) and labels (N,); train / test top-1 (fractions) and the probe.
+
+    ``num_classes``: unset, the largest label + 1. ``train_set`` / ``test_set``: only to name the first image
+    whose features are not finite.
+
+    Raises:
+        NonFiniteFeaturesError: features holding NaN or inf, or a fit that diverged.
+    """
     t0 = time.perf_counter()
-    num_classes = int(max(y_train.max(), y_test.max())) + 1
+    check_finite_features(f_train, train_set, "training")
+    check_finite_features(f_test, test_set, "test")
+    if num_classes is None:
+        num_classes = int(max(y_train.max(), y_test.max())) + 1
     dev = torch.device(device)
     f_train, y_train, f_test, y_test = (t.to(dev) for t in (f_train, y_train, f_test, y_test))
     with torch.autocast(dev.type, enabled=False):
@@ -243,22 +305,40 @@ def linear_probe(
     crop_pct: float = 1.0,
     on_bad_image: str = "skip",
     transform: Callable[[Any], torch.Tensor] | None = None,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
 ) -> dict[str, Any]:
     """Extract features, fit the probe, and return train / test top-1 (fractions) and the probe.
 
-    Both sets must be labelled (a ValueError otherwise, before any feature is computed). ``transform``:
-    see :func:`extract_features`.
+    Both sets must be labelled (a ValueError otherwise, before any feature is computed); test classes
+    are matched to training classes by name where both sets name them (``align_labels``: a test class
+    training never saw is a ``LabelError``). Non-finite features are a ``NonFiniteFeaturesError``.
+    ``transform``, ``mean``, ``std``: see :func:`extract_features`.
     """
-    dataset_labels(train_set, "the training images")
-    dataset_labels(test_set, "the test images")
+    y_all = dataset_labels(train_set, "the training images")
+    test_set = align_labels(train_set, test_set)
     t0 = time.perf_counter()
     kw = dict(pool=pool, layer=layer, batch_size=batch_size, device=device, precision=precision, workers=workers)
-    kw.update(crop_pct=crop_pct, on_bad_image=on_bad_image, transform=transform)
+    kw.update(crop_pct=crop_pct, on_bad_image=on_bad_image, transform=transform, mean=mean, std=std)
     f_train, y_train = extract_features(encoder, train_set, img_size, **kw)
     f_test, y_test = extract_features(encoder, test_set, img_size, **kw)
     extract_s = time.perf_counter() - t0
     result = fit_probe(
-        f_train, y_train, f_test, y_test, solver, device, weight_decay, max_iter, epochs, lr, batch_size, seed
+        f_train,
+        y_train,
+        f_test,
+        y_test,
+        solver,
+        device,
+        weight_decay,
+        max_iter,
+        epochs,
+        lr,
+        batch_size,
+        seed,
+        num_classes=int(y_all.max()) + 1,
+        train_set=train_set,
+        test_set=test_set,
     )
     return {**result, "extract_s": extract_s}
 
