@@ -190,3 +190,85 @@ def test_eval_transform_uint8_normalised_equals_the_float_transform():
         assert x8.dtype == torch.uint8 and x8.shape == (3, 16, 16)
         mean, std = (torch.tensor(cfg[k]).view(3, 1, 1) for k in ("mean", "std"))
         torch.testing.assert_close((x8.float() / 255 - mean) / std, eval_transform(model, **over)(img))
+
+
+# ----------------------------------------------------------------------------- normalised once, with the record's
+# The loaders (whitebox.data.make_loader) normalise uint8 images on the device with the mean / std they are given
+# and pass float images through. A recipe that handed them a transform which normalises itself, or uint8 images
+# without the record's mean / std, would evaluate on wrongly scaled pixels with no error: these tests compare the
+# batches the recipes' loaders give with the record's float transform applied by hand to the same images.
+ODD = {"crop_pct": 0.9, "mean": (0.3, 0.4, 0.5), "std": (0.2, 0.25, 0.3)}  # far from ImageNet's mean / std
+ODD_FLAGS = ["--crop-pct", "0.9", "--mean", "0.3", "0.4", "0.5", "--std", "0.2", "0.25", "0.3"]
+
+
+def _spy_loaders(monkeypatch, module) -> list:
+    """Every ``(dataset, sampler, loader)`` that ``module.make_loader`` makes."""
+    made, real = [], module.make_loader
+
+    def spy(dataset, sampler, *args, **kwargs):
+        loader = real(dataset, sampler, *args, **kwargs)
+        made.append((dataset, sampler, loader))
+        return loader
+
+    monkeypatch.setattr(module, "make_loader", spy)
+    return made
+
+
+def _check_first_batch(made, source, split: str, model_name: str, overrides: dict) -> None:
+    """The first batch of the recorded loader = the record's float transform (timm) on those images, by hand."""
+    import whitebox
+    from whitebox.data_config import eval_transform
+    from whitebox.train import build_dataset
+
+    _, sampler, loader = made
+    batch = next(iter(loader))
+    indices = [i for i, _ in next(iter(sampler))]
+    base = build_dataset(str(source), split)
+    model = whitebox.create_model(model_name, img_size=16, patch_size=8, embed_dim=32, depth=1, num_heads=2)
+    by_hand = torch.stack([eval_transform(model, **overrides)(base[i][0]) for i in indices])
+    assert batch["image"].dtype == torch.float32
+    torch.testing.assert_close(batch["image"], by_hand, atol=1e-5, rtol=0)
+    assert batch["label"].tolist() == [base[i][1] for i in indices]
+
+
+@pytest.mark.slow
+def test_finetune_evaluates_images_normalised_once_with_the_record(tmp_path, monkeypatch):
+    import recipes.finetune as ft
+
+    made = _spy_loaders(monkeypatch, ft)
+    data = _labelled_npz(tmp_path / "d.npz", n=24, size=23)
+    argv = ["--model", "crate_tiny", *SHAPE, "--data", str(data), "--epochs", "1", "--batch-size", "8"]
+    argv += ["--output", str(tmp_path / "ft"), "--device", "cpu", "--no-progress", "--no-tensorboard"]
+    finetune([*argv, "--mixup", "0", "--cutmix", "0", "--aa", "", "--reprob", "0", *ODD_FLAGS])
+    assert len(made) == 2  # training, then test
+    _check_first_batch(made[1], data, "test", "crate_tiny", ODD)
+    # training images are normalised with the same mean / std: their per-channel means sit where the test's do
+    train = next(iter(made[0][2]))["image"].mean((0, 2, 3))
+    test = next(iter(made[1][2]))["image"].mean((0, 2, 3))
+    torch.testing.assert_close(train, test, atol=0.5, rtol=0)
+
+
+def test_linprobe_features_come_from_images_normalised_once_with_the_record(tmp_path, monkeypatch):
+    import whitebox.train.probe as probe
+
+    made = _spy_loaders(monkeypatch, probe)
+    data = _labelled_npz(tmp_path / "d.npz")
+    common = ["--model", "crate_mae_tiny", *SHAPE, "--data", str(data), "--no-progress"]
+    linprobe([*common, "--output", str(tmp_path / "a")])
+    linprobe([*common, "--output", str(tmp_path / "b"), *ODD_FLAGS])
+    assert len(made) == 4  # train and test features, twice
+    _check_first_batch(made[0], data, "train", "crate_mae_tiny", {})
+    _check_first_batch(made[1], data, "test", "crate_mae_tiny", {})
+    _check_first_batch(made[2], data, "train", "crate_mae_tiny", ODD)
+
+
+def test_knn_monitor_features_come_from_images_normalised_once_with_the_record(tmp_path, monkeypatch):
+    import whitebox.train.probe as probe
+
+    made = _spy_loaders(monkeypatch, probe)
+    data = _labelled_npz(tmp_path / "d.npz")
+    common = ["--samples-per-epoch", "16", "--batch-size", "8", "--epochs", "1", "--img-size", "16"]
+    pretrain([*common, "--patch-size", "8", *TINY, "--knn-data", str(data), "--knn-k", "5", "--output", str(tmp_path)])
+    assert len(made) >= 2  # memory bank, queries (per checkpoint)
+    _check_first_batch(made[0], data, "train", "crate_mae_tiny", {})
+    _check_first_batch(made[1], data, "test", "crate_mae_tiny", {})
