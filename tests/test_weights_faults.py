@@ -257,6 +257,8 @@ def test_every_checkpoint_the_programs_write_reloads_as_what_it_holds(tmp_path):
             "whitebox.analysis",
             "--checkpoint",
             str(ft / "checkpoint-last.pth"),
+            "--images",  # its own test images: the command refuses to guess images for it
+            f"{data}:test",
             "--out",
             str(tmp_path / "rep"),
             "--show",
