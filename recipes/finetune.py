@@ -19,18 +19,24 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import nn
-
 try:
     import whitebox  # noqa: F401
 except ImportError:  # a checkout without `pip install -e .`: use the library next to this file
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from whitebox.cli import integer, number, require
-from whitebox.data import IMAGENET_MEAN, IMAGENET_STD, align_labels, data_options, dataset_labels, seeded_dataset
+from whitebox.cli import start_program
+from whitebox.recipe_args import finetune_parser
+
+if __name__ == "__main__":
+    start_program(finetune_parser)  # --help answers here, before torch is imported
+
+import torch
+from torch import nn
+
+from whitebox.cli import require
+from whitebox.data import align_labels, data_options, dataset_labels, seeded_dataset
+from whitebox.data_config import eval_overrides, eval_transform, resolve_eval_config
 from whitebox.train import (
-    EvalTransform,
     ResumableBatchSampler,
     RunFolder,
     TrainLoop,
@@ -43,11 +49,6 @@ from whitebox.train import (
 )
 from whitebox.train.checkpoint import seed_everything
 from whitebox.train.common import (
-    add_batch_args,
-    add_encoder_args,
-    add_labelled_data_args,
-    add_lr_args,
-    add_run_args,
     amp_context,
     check_aa,
     count_params,
@@ -57,40 +58,7 @@ from whitebox.train.common import (
 )
 from whitebox.train.run import run_main
 
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        description="Fine-tune an encoder: a registered model (--pretrained) or a pretrain.py checkpoint",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    add_encoder_args(p)
-    p.add_argument("--global-pool", default="avg", choices=("token", "avg"))
-    p.add_argument("--drop-path", type=number(ge=0, lt=1), default=0.1, help="stochastic depth rate, [0, 1)")
-    add_labelled_data_args(p)
-    p.add_argument("--epochs", type=integer(gt=0), default=100)
-    add_batch_args(p, 64)
-    add_lr_args(p, 1e-3, 1e-6)
-    p.add_argument(
-        "--layer-decay", type=number(gt=0, le=1), default=0.75, help="lr factor per block from the top, (0, 1]"
-    )
-    p.add_argument(
-        "--warmup-epochs",
-        type=number(ge=0),
-        default=None,
-        help="(default 5, or a twentieth of a run not longer than that)",
-    )
-    p.add_argument("--smoothing", type=number(ge=0, lt=1), default=0.1, help="label smoothing, [0, 1)")
-    p.add_argument("--mixup", type=number(ge=0), default=0.8, help="mixup alpha (0: off)")
-    p.add_argument("--cutmix", type=number(ge=0), default=1.0, help="cutmix alpha (0: off)")
-    p.add_argument(
-        "--aa",
-        default="rand-m9-mstd0.5-inc1-mmax9",
-        help="timm auto-augment policy ('' for none); MAE's rand-m9-mstd0.5-inc1 capped at magnitude 9, because "
-        "magnitude 10 asks Pillow >= 12 to posterize to 0 bits, which it refuses",
-    )
-    p.add_argument("--reprob", type=number(ge=0, le=1), default=0.25, help="random erasing probability, [0, 1]")
-    add_run_args(p, output="output/finetune", log_every=20)
-    return p
+build_parser = finetune_parser
 
 
 class Finetuning(TrainLoop):
@@ -134,6 +102,9 @@ class Finetuning(TrainLoop):
         self.model = encoder.to(device)
         seed_everything(args.seed + dist.rank)  # per-rank augmentation / drop-path randomness; DDP broadcasts weights
         img_size = self.model.patch_embed.img_size[0]
+        # evaluation as the model's record says (crop_pct, interpolation, mean / std), unless overridden: the
+        # same transform as `python -m whitebox.validate` on this checkpoint; training normalises the same way
+        self.eval_config = resolve_eval_config(self.model, **eval_overrides(args))
         transform = create_transform(
             input_size=img_size,
             is_training=True,
@@ -142,19 +113,22 @@ class Finetuning(TrainLoop):
             re_prob=args.reprob,
             re_mode="pixel",
             re_count=1,
-            mean=IMAGENET_MEAN,
-            std=IMAGENET_STD,
+            mean=self.eval_config["mean"],
+            std=self.eval_config["std"],
         )
         # timm's transforms draw from the global streams: seeded_dataset runs each under the sample's own seed
         train_set = seeded_dataset(train_base, transform, on_bad_image=args.on_bad_image)
-        test_set = seeded_dataset(test_base, EvalTransform(img_size), on_bad_image=args.on_bad_image)
+        # uint8 (3, H, W): the loader normalises with the record's mean / std (below)
+        test_tf = eval_transform(self.model, uint8=True, **eval_overrides(args))
+        test_set = seeded_dataset(test_base, test_tf, on_bad_image=args.on_bad_image)
         self.sampler = ResumableBatchSampler(len(train_set), args.batch_size, dist.rank, dist.world_size, args.seed)
         test_sampler = ResumableBatchSampler(
             len(test_set), args.batch_size, dist.rank, dist.world_size, shuffle=False, drop_last=False
         )
         workers = args.workers if args.workers is not None else (0 if device.type == "cpu" else 8)
-        self.loader = make_loader(train_set, self.sampler, workers, device=device)
-        self.test_loader = make_loader(test_set, test_sampler, workers, device=device)
+        norm = dict(mean=self.eval_config["mean"], std=self.eval_config["std"])  # for uint8 images
+        self.loader = make_loader(train_set, self.sampler, workers, device=device, **norm)
+        self.test_loader = make_loader(test_set, test_sampler, workers, device=device, **norm)
 
         self.steps_per_epoch = len(self.sampler) // args.accum_iter
         if self.steps_per_epoch == 0:
@@ -229,6 +203,7 @@ class Finetuning(TrainLoop):
     def summary(self) -> dict[str, Any]:
         return {
             "model_kwargs": self.model_kwargs,
+            "eval_transform": _plain_config(self.eval_config),
             "num_classes": self.num_classes,
             "lr": self.base_lr,
             "effective_batch": self.effective_batch,
@@ -243,6 +218,10 @@ class Finetuning(TrainLoop):
             f"{self.num_classes} classes, batch {self.effective_batch}, lr {self.base_lr:.3g}, {self.total_steps} "
             f"steps -> {self.args.output}"
         )
+
+
+def _plain_config(config: dict[str, Any]) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}
 
 
 def check_lr(args: argparse.Namespace, base_lr: float, effective_batch: int) -> None:
@@ -271,6 +250,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     info = init_distributed(args.device)
     try:
         with RunFolder(args.output, info):

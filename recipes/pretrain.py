@@ -20,17 +20,23 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import nn
-
 try:
     import whitebox
 except ImportError:  # a checkout without `pip install -e .`: use the library next to this file
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     import whitebox
 
+from whitebox.cli import start_program
+from whitebox.recipe_args import PRETRAIN_DEFAULTS, PRETRAIN_DEMO, pretrain_parser
+
+if __name__ == "__main__":
+    start_program(pretrain_parser)  # --help answers here, before torch is imported
+
+import torch
+from torch import nn
+
 from whitebox.analysis import reconstruction_grid
-from whitebox.cli import free, integer, number, require
+from whitebox.cli import require
 from whitebox.data import data_options, fixed_batch, seeded_dataset
 from whitebox.train import (
     MAEAugment,
@@ -46,11 +52,6 @@ from whitebox.train import (
 )
 from whitebox.train.checkpoint import seed_everything
 from whitebox.train.common import (
-    add_batch_args,
-    add_column_args,
-    add_lr_args,
-    add_model_shape_args,
-    add_run_args,
     amp_context,
     check_model_name,
     count_params,
@@ -59,75 +60,9 @@ from whitebox.train.common import (
 )
 from whitebox.train.run import run_main
 
-# What ``python recipes/pretrain.py`` with no data argument trains: a small CRATE-MAE on the bundled
-# photos, about a minute on two CPU cores. Flags given on the command line win.
-DEMO_DEFAULTS = dict(
-    img_size=32,
-    patch_size=4,
-    embed_dim=96,
-    depth=4,
-    num_heads=4,
-    epochs=8,
-    batch_size=32,
-    warmup_epochs=1,
-    samples_per_epoch=768,
-    blr=4.0e-3,
-)
-DEFAULTS = dict(epochs=400, batch_size=64, warmup_epochs=40.0, samples_per_epoch=1024, blr=1.5e-4)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        description="MAE pretraining for any registered masked autoencoder (CRATE-MAE, ViT-MAE). With no --data "
-        "it trains a small demo CRATE-MAE on photos bundled with scikit-image: " + str(DEMO_DEFAULTS),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    p.add_argument("--model", default="crate_mae_tiny", help="registered MAE model name")
-    add_model_shape_args(p)
-    p.add_argument("--mask-ratio", type=number(ge=0, lt=1), default=0.75, help="fraction of patches removed, [0, 1)")
-    p.add_argument("--norm-pix-loss", action="store_true", help="regress per-patch normalised pixels")
-    d = p.add_argument_group("data")
-    d.add_argument(
-        "--data",
-        default=None,
-        help="image folder, .npz (arrays or JPEG pack), 'cifar10', hf:NAME[:SPLIT] or hf:PATH (Hugging Face datasets), "
-        "wds:PATTERN (WebDataset shards, brace ranges); unset: bundled photos",
-    )
-    d.add_argument("--split", default="train")
-    free(d.add_argument("--download", action="store_true", help="let torchvision download CIFAR-10 into --data-root"))
-    free(d.add_argument("--data-root", default="data", help="where --data cifar10 lives"))
-    d.add_argument("--samples-per-epoch", type=integer(gt=0), default=None, help="epoch length for the bundled photos")
-    add_column_args(d)
-    o = p.add_argument_group("optimisation")
-    o.add_argument("--epochs", type=integer(gt=0), default=None, help="(default 400)")
-    o.add_argument("--steps", type=integer(gt=0), default=None, help="optimizer steps in all (overrides --epochs)")
-    add_batch_args(o, None)
-    add_lr_args(o, None, 0.0)
-    o.add_argument(
-        "--warmup-epochs",
-        type=number(ge=0),
-        default=None,
-        help="(default 40, or with --steps or a run shorter than that: the same tenth of the run)",
-    )
-    o.add_argument("--warmup-steps", type=integer(ge=0), default=None, help="overrides --warmup-epochs")
-    r = add_run_args(p, output="output/pretrain")
-    free(
-        r.add_argument(
-            "--threads",
-            type=integer(gt=0),
-            default=None,
-            help="CPU threads per process (1 avoids spin-waits on a busy CPU)",
-        )
-    )
-    free(r.add_argument("--compile", action="store_true", help="torch.compile the model"))
-    free(r.add_argument("--grad-checkpointing", action="store_true"))
-    r.add_argument("--fsdp", action="store_true", help="shard parameters, gradients and optimizer state (FSDP2)")
-    free(
-        r.add_argument(
-            "--grid-every", type=integer(ge=0), default=0, help="also write a reconstruction grid every N steps"
-        )
-    )
-    return p
+# the demo's values (no --data) and every other run's defaults: defined with the flags, in whitebox.recipe_args
+DEMO_DEFAULTS, DEFAULTS = PRETRAIN_DEMO, PRETRAIN_DEFAULTS
+build_parser = pretrain_parser
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -144,6 +79,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             if getattr(args, key) is None and key != "warmup_epochs":
                 setattr(args, key, value)
     check_run_length(args)
+    require(
+        args.best_by != "knn" or args.knn_data is not None,
+        "--best-by knn needs --knn-data (labelled images for the kNN monitor); give it, or --best-by probe_loss",
+    )
     return args
 
 
@@ -225,6 +164,9 @@ class MAEPretraining(TrainLoop):
         self.probe_imgs, self.probe_noise = fixed_batch(
             base, 32, self.img_size, self.num_patches, args.seed, args.on_bad_image
         )
+        self.knn = KNNMonitor(self.model, args, self.device, self.precision) if args.knn_data else None
+        if args.best_by == "knn":
+            self.score, self.higher_is_better = "knn_top1", True
 
         self.steps_per_epoch = len(base) // (args.batch_size * dist.world_size) // args.accum_iter
         if self.steps_per_epoch == 0:
@@ -345,7 +287,10 @@ class MAEPretraining(TrainLoop):
         self.model.train(was_training)
         if epoch_end:
             self.write_grid()
-        return {"probe_loss": loss}
+        metrics = {"probe_loss": loss}
+        if self.knn is not None:
+            metrics.update(self.knn.evaluate())
+        return metrics
 
     def write_grid(self) -> None:
         """Reconstructions of the probe batch (every rank runs the model: a collective under FSDP)."""
@@ -394,6 +339,78 @@ class MAEPretraining(TrainLoop):
         )
 
 
+class KNNMonitor:
+    """The weighted kNN classifier (DINO's ``eval_knn.py``: cosine similarity, ``k`` neighbours, weights
+    ``exp(s / T)``) on the encoder's class-token features of ``--knn-data``: the train split is the memory
+    bank, the test split the queries. Images reach the encoder through the model's evaluation transform
+    (``whitebox.data_config``). It runs under its own random state: the training's RNG streams (torch,
+    CUDA, NumPy, Python) are restored afterwards, so a run with the monitor trains exactly as one without.
+    """
+
+    def __init__(self, model: nn.Module, args: argparse.Namespace, device: torch.device, precision: str) -> None:
+        from whitebox.data import dataset_labels
+        from whitebox.data_config import eval_transform, resolve_eval_config
+
+        self.model, self.args, self.device, self.precision = model, args, device, precision
+        self.sets = {}
+        for split in ("train", "test"):
+            ds = build_dataset(args.knn_data, split, args.download, args.data_root)
+            dataset_labels(ds, f"--knn-data {args.knn_data} ({split} split)")
+            if args.knn_max and len(ds) > args.knn_max:  # a seeded subset, drawn from its own generator
+                g = torch.Generator().manual_seed(args.seed)
+                keep = torch.randperm(len(ds), generator=g)[: args.knn_max].sort().values.tolist()
+                ds = torch.utils.data.Subset(ds, keep)
+            self.sets[split] = ds
+        if args.knn_k > len(self.sets["train"]):
+            raise ValueError(
+                f"--knn-k {args.knn_k} is more than the {len(self.sets['train'])} training images of --knn-data "
+                f"{args.knn_data}; give at most that many"
+            )
+        self.transform = eval_transform(model, uint8=True)  # uint8: the loader normalises with the record's
+        config = resolve_eval_config(model)
+        self.mean, self.std = config["mean"], config["std"]
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """``knn_top1`` and ``knn_top5`` (fractions) at the model's current weights."""
+        import random
+
+        import numpy as np
+
+        from whitebox.train.knn import knn_accuracy
+        from whitebox.train.probe import extract_features
+
+        encoder = self.model.encoder
+        was_training = encoder.training
+        py_state, np_state = random.getstate(), np.random.get_state()
+        devices = [self.device] if self.device.type == "cuda" else []
+        try:
+            with torch.random.fork_rng(devices=devices, device_type=self.device.type):
+                feats = {
+                    split: extract_features(
+                        encoder,
+                        ds,
+                        self.model.encoder.patch_embed.img_size[0],
+                        pool="token",
+                        batch_size=self.args.batch_size,
+                        device=self.device,
+                        precision=self.precision,
+                        on_bad_image=self.args.on_bad_image,
+                        transform=self.transform,
+                        mean=self.mean,
+                        std=self.std,
+                    )
+                    for split, ds in self.sets.items()
+                }
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
+            encoder.train(was_training)
+        (f_train, y_train), (f_test, y_test) = feats["train"], feats["test"]
+        top1, top5 = knn_accuracy(f_train, y_train, f_test, y_test, k=self.args.knn_k, temperature=self.args.knn_t)
+        return {"knn_top1": top1, "knn_top5": top5}
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     if args.threads:
@@ -406,8 +423,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         cleanup_distributed()
     if info.is_main:
         loss = f" loss {result['loss']:.4f}" if "loss" in result else ""
+        score = "knn_top1" if args.best_by == "knn" else "probe_loss"
         print(
-            f"done: step {result['step']}{loss}, best probe loss {result['best_probe_loss']:.4f} | "
+            f"done: step {result['step']}{loss}, best {score.replace('_', ' ')} {result['best_' + score]:.4f} | "
             f"{result['mean_images_per_s']:.1f} images/s | {result['wall_s']:.1f} s",
             file=sys.stderr,
         )

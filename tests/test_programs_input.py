@@ -38,7 +38,7 @@ def test_flops_prints_the_table(capsys: pytest.CaptureFixture[str]) -> None:
         (["--img-size", "0"], "argument --img-size: must be a whole number > 0, got '0'"),
         (["--img-size", "2.5e2"], "argument --img-size: must be a whole number > 0, got '2.5e2'"),
         (["--img-size", "-224"], "argument --img-size: must be a whole number > 0, got '-224'"),
-        (["--mode", "backward"], "argument --mode: invalid choice: 'backward' (choose from"),
+        (["--mode", "backward"], "argument --mode: must be one of forward, features, train, got 'backward'"),
     ],
 )
 def test_flops_flags_are_checked(capsys: pytest.CaptureFixture[str], args: list[str], allowed: str) -> None:

@@ -8,10 +8,11 @@ way. A user error ends with ``error: MESSAGE`` and exit status 1, as in ``python
 from __future__ import annotations
 
 import importlib
-import sys
 from types import ModuleType
 
 from ._programs import run_program
+from .cli import start_program
+from .recipe_args import finetune_parser, linprobe_parser, pretrain_parser
 
 
 def recipe(name: str) -> ModuleType:
@@ -25,21 +26,21 @@ def recipe(name: str) -> ModuleType:
 
 
 def pretrain() -> int:
+    start_program(pretrain_parser)  # --help before the recipe (and torch) is imported
     return run_program(recipe("pretrain").main)
 
 
 def finetune() -> int:
+    start_program(finetune_parser)  # --help before the recipe (and torch) is imported
     return run_program(recipe("finetune").main)
 
 
 def linprobe() -> int:
+    start_program(linprobe_parser)  # --help before the recipe (and torch) is imported
     return run_program(recipe("linprobe").main)
 
 
 def analysis() -> int:
-    from .analysis.__main__ import main
+    from .analysis.__main__ import cli
 
-    try:
-        return main()
-    except (ValueError, TypeError, OSError) as err:  # as ``python -m whitebox.analysis`` reports them
-        sys.exit(f"error: {err}")
+    return cli()

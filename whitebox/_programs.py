@@ -18,19 +18,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .cli import choice, device, integer
+# HelpFormatter: every program's formatter lives in whitebox.cli; re-exported for validate / inference / benchmark
+from .cli import HelpFormatter, add_threads_arg, choice, device, integer, start_program  # noqa: F401
 
 AMP_DTYPES = ("float16", "bfloat16")
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows a default once, and only where there is one to show."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ""
-        if "default" in text or action.default in (None, False, [], argparse.SUPPRESS) or action.option_strings == []:
-            return text
-        return text + " (default: %(default)s)"
 
 
 def model_kwarg(text: str) -> tuple[str, Any]:
@@ -91,7 +82,7 @@ def add_runtime_args(parser: argparse.ArgumentParser, batch_size: int | None = 2
         "--amp-dtype", type=choice(AMP_DTYPES), default="float16", metavar="DTYPE", help=", ".join(AMP_DTYPES)
     )
     g.add_argument("--channels-last", action="store_true", help="channels-last memory layout for the images")
-    g.add_argument("--threads", type=integer(gt=0), metavar="N", help="CPU threads for torch (default: torch's)")
+    add_threads_arg(g)
     return g
 
 
@@ -120,8 +111,15 @@ def add_data_args(parser: argparse.ArgumentParser, labelled: bool) -> argparse._
 
 
 # ----------------------------------------------------------------------------- the model
+# preprocessing overrides a recipe checkpoint may record (finetune.py's flags); the command line wins
+PREPROCESSING_FLAGS = ("crop_pct", "crop_mode", "interpolation", "mean", "std")
+
+
 def build_model(args: argparse.Namespace, classifier: bool = True) -> tuple[Any, str]:
     """The model the flags name (a masked autoencoder's encoder when a classifier is wanted) and its name.
+
+    A recipe checkpoint's recorded preprocessing overrides (``--crop-pct`` etc. of ``finetune.py``) fill the
+    same flags of ``args`` that the command line left unset, so a fine-tuned model is evaluated as it was.
 
     Raises ValueError (no model named, unknown name, no classifier head), OSError (weights unreadable).
     """
@@ -147,6 +145,10 @@ def build_model(args: argparse.Namespace, classifier: bool = True) -> tuple[Any,
         recorded = ckpt.get("args") if isinstance(ckpt, dict) else None
         if isinstance(recorded, dict) and recorded.get("global_pool") and "global_pool" not in kwargs:
             kwargs["global_pool"] = recorded["global_pool"]  # finetune.py's --global-pool is not in model_kwargs
+        if isinstance(recorded, dict):
+            for key in PREPROCESSING_FLAGS:  # finetune.py evaluated with these overrides: evaluate the same way
+                if getattr(args, key, None) is None and recorded.get(key) is not None:
+                    setattr(args, key, recorded[key])
     if not name:
         raise ValueError("name the model (--model NAME), or give a --checkpoint written by the recipes (it names it)")
     if ":" not in name:
@@ -393,8 +395,12 @@ def write_results(rows: list[dict[str, Any]] | dict[str, Any], path: str, fmt: s
         atomic_write_text(path, csv_text(rows if isinstance(rows, list) else [rows]))
 
 
-def run_program(main: Callable[[], Any]) -> int:
-    """A program's entry point: a user error ends with ``error: MESSAGE`` and exit status 1, no traceback."""
+def run_program(main: Callable[[], Any], build_parser: Callable[[], argparse.ArgumentParser] | None = None) -> int:
+    """A program's entry point: a user error ends with ``error: MESSAGE`` and exit status 1, no traceback.
+
+    ``build_parser`` (torch-free) answers ``--help`` before anything heavy is imported."""
+    if build_parser is not None:
+        start_program(build_parser)
     from .train.run import run_main
 
     try:

@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 def cli() -> int:
     """The ``whitebox-benchmark`` console script."""
-    return run_program(main)
+    return run_program(main, build_parser)
 
 
 if __name__ == "__main__":

@@ -20,9 +20,25 @@ from __future__ import annotations
 import argparse
 import math
 import re
+import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
-__all__ = ["DEVICE_PATTERN", "choice", "device", "integer", "number", "require"]
+__all__ = [
+    "DEVICE_PATTERN",
+    "HelpFormatter",
+    "add_threads_arg",
+    "answering_help",
+    "choice",
+    "device",
+    "help_requested",
+    "integer",
+    "number",
+    "quiet_interrupts",
+    "require",
+    "running_program",
+    "start_program",
+]
 
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|(cuda|xpu)(:\d+)?)$")
 
@@ -123,3 +139,130 @@ def free(action: argparse.Action) -> argparse.Action:
 
 
 __all__ += ["FREE_FLAGS", "free", "seed"]  # what the recipes declare about their flags
+
+
+# ----------------------------------------------------------------------------- one style for every program
+class HelpFormatter(argparse.HelpFormatter):
+    """Every program's ``--help``: a flag's default shown once, as ``(default: X)``, where it has one.
+
+    Not shown when the help already says it (``"(default 400, or ...)"``: a default that depends on other
+    flags), nor for ``None`` / ``False`` / empty defaults (an unset flag, a switch)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        unset = action.default is None or action.default is False or action.default in ([], "", argparse.SUPPRESS)
+        if "default" in text or unset or not action.option_strings:
+            return text
+        return text + " (default: %(default)s)"
+
+
+def add_threads_arg(group: argparse.ArgumentParser | argparse._ArgumentGroup) -> argparse.Action:
+    """``--threads N``: CPU threads for torch in this process (every program has it)."""
+    return free(
+        group.add_argument(
+            "--threads",
+            type=integer(gt=0),
+            default=None,
+            metavar="N",
+            help="CPU threads for torch per process (unset: torch's choice; 1 avoids spin-waits on a busy CPU)",
+        )
+    )
+
+
+# the programs: ``python -m whitebox.NAME``, ``whitebox-NAME`` and ``recipes/NAME.py``
+MODULE_PROGRAMS = ("validate", "inference", "benchmark", "analysis", "flops", "convert")
+RECIPES = ("pretrain", "finetune", "linprobe")
+_HELP = ("-h", "--h", "--he", "--hel", "--help")  # argparse accepts --help's prefixes
+
+
+def help_requested(args: Sequence[str]) -> bool:
+    """Whether a command line's arguments (without the program) ask for ``--help`` (before any ``--``)."""
+    args = list(args)
+    if "--" in args:
+        args = args[: args.index("--")]
+    return any(a in _HELP for a in args)
+
+
+def _module_run(orig_argv: Sequence[str]) -> str | None:
+    """The module of ``python [options] -m MODULE ...``, else None."""
+    it = iter(orig_argv[1:])
+    for a in it:
+        if a == "-m":
+            return next(it, None)
+        if a.startswith("-m"):
+            return a[2:]
+        if a in ("-X", "-W", "--check-hash-based-pycs"):
+            next(it, None)  # an option with a separate value
+        elif a == "-c" or not a.startswith("-"):
+            return None  # a command string or a script
+    return None
+
+
+def running_program(argv: Sequence[str] | None = None, orig_argv: Sequence[str] | None = None) -> str | None:
+    """The name of the whitebox program this process runs (``'validate'``, ``'pretrain'``), else None.
+
+    Our programs are ``python -m whitebox.NAME`` (NAME in :data:`MODULE_PROGRAMS`, or
+    ``whitebox.recipes.NAME``), the ``whitebox-*`` console scripts, and this package's ``recipes/NAME.py``
+    files (NAME in :data:`RECIPES`). Any other process (a user's script, a test, ``python -c``) is not.
+    """
+    argv = sys.argv if argv is None else argv
+    orig_argv = getattr(sys, "orig_argv", []) if orig_argv is None else orig_argv
+    module = _module_run(orig_argv)
+    if module is not None:
+        module = module.removesuffix(".__main__")
+        for prefix, names in (("whitebox.", MODULE_PROGRAMS), ("whitebox.recipes.", RECIPES)):
+            if module.startswith(prefix) and module[len(prefix) :] in names:
+                return module[len(prefix) :]
+        return None
+    if not argv or not argv[0]:
+        return None
+    script = Path(argv[0])
+    name = script.stem.removeprefix("whitebox-")
+    if script.name.startswith("whitebox-") and name in MODULE_PROGRAMS + RECIPES:
+        return name  # a console script (whitebox-pretrain, whitebox-pretrain.exe)
+    if script.suffix != ".py" or script.stem not in RECIPES:
+        return None
+    here = Path(__file__).resolve().parent
+    try:
+        folder = script.resolve().parent
+    except OSError:
+        return None
+    return script.stem if folder in (here.parent / "recipes", here / "recipes") else None
+
+
+def answering_help(argv: Sequence[str] | None = None, orig_argv: Sequence[str] | None = None) -> bool:
+    """True when this process is one of whitebox's programs (:func:`running_program`) asked for ``--help``.
+
+    ``whitebox/__init__.py`` then skips importing torch and timm: the program prints its help (built by
+    torch-free parsers) and exits, in a fraction of a second instead of seconds.
+    """
+    argv = sys.argv if argv is None else argv
+    return bool(argv) and help_requested(argv[1:]) and running_program(argv, orig_argv) is not None
+
+
+def quiet_interrupts() -> None:
+    """A Ctrl-C before a program's own handling starts (while torch loads) ends with one line, no traceback.
+
+    Installed by ``whitebox/__init__.py`` in our programs' processes only; other exceptions print as usual."""
+    if sys.excepthook is sys.__excepthook__:
+        sys.excepthook = _interrupt_hook
+
+
+def _interrupt_hook(kind: type[BaseException], value: BaseException, tb: object) -> None:
+    if issubclass(kind, KeyboardInterrupt):
+        print("interrupted while starting: nothing was written", file=sys.stderr)
+        return  # Python still exits with the SIGINT status (130 in a shell)
+    sys.__excepthook__(kind, value, tb)  # type: ignore[arg-type]
+
+
+def start_program(build_parser: Callable[[], argparse.ArgumentParser], argv: Sequence[str] | None = None) -> None:
+    """What a program does before importing torch: answer ``--help`` (and exit), and make a Ctrl-C during
+    the imports end with one line instead of a traceback.
+
+    ``build_parser`` must not import torch or timm. Call it first thing in ``if __name__ == "__main__"``
+    paths and console-script entry points.
+    """
+    quiet_interrupts()
+    args = sys.argv[1:] if argv is None else list(argv)
+    if help_requested(args):
+        build_parser().parse_args(args)  # prints the help (or a flag error) and exits

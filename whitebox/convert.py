@@ -15,14 +15,30 @@ from pathlib import Path
 from typing import Any
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m whitebox.convert", description=__doc__.splitlines()[0])
-    parser.add_argument("checkpoint", help="the official .pth file (or any checkpoint the family filter reads)")
-    parser.add_argument("outdir", help="output folder (created; existing files are replaced atomically)")
-    parser.add_argument("--model", required=True, help="architecture or architecture.tag, e.g. crate_mae_base.in1k")
-    parser.add_argument(
-        "--model-args", default="{}", help="JSON object of model arguments, e.g. '{\"lambd\": 5.0}' (over the tag's)"
+def build_parser() -> argparse.ArgumentParser:
+    from .cli import HelpFormatter, add_threads_arg
+
+    p = argparse.ArgumentParser(
+        prog="python -m whitebox.convert", description=__doc__.splitlines()[0], formatter_class=HelpFormatter
     )
+    p.add_argument("checkpoint", help="the official .pth file (or any checkpoint the family filter reads)")
+    p.add_argument("outdir", help="output folder (created; existing files are replaced atomically)")
+    m = p.add_argument_group("model")
+    m.add_argument(
+        "--model", required=True, metavar="NAME", help="architecture or architecture.tag, e.g. crate_mae_base.in1k"
+    )
+    m.add_argument(
+        "--model-args",
+        default="{}",
+        metavar="JSON",
+        help="JSON object of model arguments, e.g. '{\"lambd\": 5.0}' (over the tag's)",
+    )
+    add_threads_arg(p.add_argument_group("runtime"))
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     source, outdir = Path(args.checkpoint), Path(args.outdir)
     if source.is_dir():
@@ -32,8 +48,13 @@ def main(argv: list[str] | None = None) -> int:
     if outdir.exists() and not outdir.is_dir():
         raise ValueError(f"outdir {outdir} exists and is not a folder; name a folder to write the saved model into")
 
+    import torch
+
     import whitebox
     from registry import sha256_file
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     try:
         model_args: dict[str, Any] = json.loads(args.model_args)
@@ -51,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from .cli import start_program
+
+    start_program(build_parser)
     from registry import UnsafeCheckpointError
 
     try:

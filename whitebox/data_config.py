@@ -119,11 +119,24 @@ def resolve_eval_config(
     return config
 
 
-def eval_transform(model: Any, **overrides: Any) -> Callable[[Any], Any]:
+def eval_transform(model: Any, uint8: bool = False, **overrides: Any) -> Callable[[Any], Any]:
     """timm's evaluation transform (PIL image -> normalised (3, H, W) float tensor) for ``model``'s record.
 
+    ``uint8=True``: resize and crop only, to a uint8 (3, H, W) tensor (timm's prefetcher path), for a loader
+    that normalises on the device with the config's ``mean`` / ``std`` (``(x - 255 mean) / (255 std)``).
     ``overrides``: the keyword arguments of :func:`resolve_eval_config`.
     """
     from timm.data import create_transform
 
-    return create_transform(**resolve_eval_config(model, **overrides), is_training=False)
+    config = resolve_eval_config(model, **overrides)
+    if not uint8:
+        return create_transform(**config, is_training=False)
+    tf = create_transform(**config, is_training=False, use_prefetcher=True)  # ends in ToNumpy: uint8 CHW
+
+    def to_uint8(img: Any) -> Any:
+        import numpy as np
+        import torch
+
+        return torch.from_numpy(np.ascontiguousarray(tf(img)))
+
+    return to_uint8

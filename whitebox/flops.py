@@ -36,9 +36,10 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from torch import nn
+if TYPE_CHECKING:
+    from torch import nn
 
 Mode = Literal["forward", "features", "train"]
 MODES = ("forward", "features", "train")
@@ -128,6 +129,8 @@ def count_flops(model: nn.Module, img_size: int | tuple[int, int] | None = None,
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    from torch import nn
+
     if not isinstance(model, nn.Module) or not callable(getattr(model, "flops", None)):
         raise TypeError(
             "expected a MaskedAutoencoder or TokenEncoder (or a model that declares "
@@ -141,23 +144,44 @@ def count_flops(model: nn.Module, img_size: int | tuple[int, int] | None = None,
     return FlopCount(breakdown=out, mode=mode, img_size=size, tokens=n)
 
 
+def build_parser() -> argparse.ArgumentParser:
+    from .cli import HelpFormatter, add_threads_arg, choice, integer
+
+    p = argparse.ArgumentParser(
+        prog="python -m whitebox.flops",
+        description="Print the analytic FLOP count of a registered model, per image.",
+        formatter_class=HelpFormatter,
+    )
+    p.add_argument("model", help="a registered model name, e.g. crate_mae_base")
+    m = p.add_argument_group("model")
+    m.add_argument(
+        "--img-size",
+        type=integer(gt=0),
+        default=None,
+        metavar="N",
+        help="square image size in pixels (a multiple of the patch; unset: the model's)",
+    )
+    c = p.add_argument_group("count")
+    c.add_argument(
+        "--mode",
+        type=choice(MODES),
+        default="train",
+        metavar="MODE",
+        help="what one image costs: " + ", ".join(MODES),
+    )
+    add_threads_arg(p.add_argument_group("runtime"))
+    return p
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m whitebox.flops MODEL [--img-size N] [--mode forward|features|train]``: print the table."""
+    args = build_parser().parse_args(argv)
     import torch
 
     import whitebox
 
-    from .cli import integer
-
-    parser = argparse.ArgumentParser(
-        prog="python -m whitebox.flops", description="Print the analytic FLOP count of a registered model, per image."
-    )
-    parser.add_argument("model", help="a registered model name, e.g. crate_mae_base")
-    parser.add_argument(
-        "--img-size", type=integer(gt=0), default=None, help="square image size in pixels (a multiple of the patch)"
-    )
-    parser.add_argument("--mode", choices=MODES, default="train", help="what one image costs (default train)")
-    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     with torch.device("meta"):  # shapes only: no memory, no initialisation cost
         model = whitebox.create_model(args.model)
         patch = _patch_embed(model).patch_size
@@ -177,6 +201,9 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     import sys
 
+    from .cli import start_program
+
+    start_program(build_parser)
     try:
         sys.exit(main())
     except (ValueError, TypeError, OSError) as err:  # a bad name or size: a message, not a traceback

@@ -50,8 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="The top-k classes of every image, with class names, to stdout and to a CSV or JSON file.",
         formatter_class=HelpFormatter,
     )
-    add_data_args(p, labelled=False)
     add_model_args(p)
+    add_data_args(p, labelled=False)
     add_eval_transform_args(
         p, img_size_help="input size; the model is built at it (unset: the size it was built at, else its record's)"
     )
@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
 
 def cli() -> int:
     """The ``whitebox-inference`` console script."""
-    return run_program(main)
+    return run_program(main, build_parser)
 
 
 if __name__ == "__main__":

@@ -53,8 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Top-1, top-5 and loss of a classifier on labelled images, preprocessed as its record says.",
         formatter_class=HelpFormatter,
     )
-    add_data_args(p, labelled=True)
     add_model_args(p)
+    add_data_args(p, labelled=True)
     add_eval_transform_args(
         p, img_size_help="input size; the model is built at it (unset: the size it was built at, else its record's)"
     )
@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 def cli() -> int:
     """The ``whitebox-validate`` console script."""
-    return run_program(main)
+    return run_program(main, build_parser)
 
 
 if __name__ == "__main__":

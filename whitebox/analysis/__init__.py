@@ -7,13 +7,7 @@ or ViT-MAE model. Pictures: ``attention_maps`` (MSSA), ``feature_pca``, ``recons
 Figures need matplotlib and Pillow (imported only when drawing).
 """
 
-from .attention import attention_figure, attention_maps
-from .figures import reconstruction_grid
-from .images import IMAGENET_MEAN, IMAGENET_STD, load_images, normalize_images, save_png, to_uint8
-from .layerwise import COLUMNS, LayerwiseStats, default_model_images, layerwise_stats
-from .measures import coding_rate, compression, l1_norm, sparsity, unit_tokens
-from .pca import feature_pca, pca_figure, pca_rgb
-from .report import write_report
+from ..cli import answering_help
 
 __all__ = [
     "COLUMNS",
@@ -39,3 +33,12 @@ __all__ = [
     "unit_tokens",
     "write_report",
 ]
+
+if not answering_help():  # `python -m whitebox.analysis --help` answers without torch
+    from .attention import attention_figure, attention_maps
+    from .figures import reconstruction_grid
+    from .images import IMAGENET_MEAN, IMAGENET_STD, load_images, normalize_images, save_png, to_uint8
+    from .layerwise import COLUMNS, LayerwiseStats, default_model_images, layerwise_stats
+    from .measures import coding_rate, compression, l1_norm, sparsity, unit_tokens
+    from .pca import feature_pca, pca_figure, pca_rgb
+    from .report import write_report

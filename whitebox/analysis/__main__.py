@@ -22,17 +22,13 @@ import ast
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-import whitebox
-
+from ..cli import HelpFormatter, add_threads_arg, integer, number, start_program
 from ..cli import device as device_type
-from ..cli import integer, number
-from .images import normalize_images
-from .report import write_report
-from .sources import check_specs, read_images
+
+if TYPE_CHECKING:
+    import torch
 
 SAMPLE_DATA = (None, "", "samples")
 
@@ -55,51 +51,60 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m whitebox.analysis",
         description="Measure every layer's compression and sparsity and draw attention, PCA and reconstructions.",
+        formatter_class=HelpFormatter,
     )
     p.add_argument(
         "model", nargs="?", help="registered model name, optionally with a tag; optional with a recipe --checkpoint"
     )
-    p.add_argument(
+    m = p.add_argument_group("model")
+    m.add_argument(
         "--checkpoint",
+        metavar="PATH",
         help="local weights for MODEL (safetensors or a weights-only torch file); a recipe checkpoint also "
         "gives the model and its arguments",
     )
-    p.add_argument("--pretrained", action="store_true", help="load the registered pretrained weights")
-    p.add_argument("--model-args", nargs="*", default=[], metavar="KEY=VALUE", help="arguments for create_model")
-    p.add_argument(
+    m.add_argument("--pretrained", action="store_true", help="load the registered pretrained weights")
+    m.add_argument("--model-args", nargs="*", default=[], metavar="KEY=VALUE", help="arguments for create_model")
+    d = p.add_argument_group("data")
+    d.add_argument(
         "--images",
         nargs="*",
         metavar="PATH",
         help="image files, image folders, .npz packs (FILE.npz:SPLIT for a file with splits) or 'samples' "
-        "(default: the bundled sample photos)",
+        "(unset: the bundled sample photos)",
     )
-    p.add_argument(
+    d.add_argument(
         "--num-images",
         type=integer(ge=1),
         default=None,
-        help="use only the first N images (default: all files; at most 256 from folders and packs)",
+        metavar="N",
+        help="use only the first N images (unset: all files; at most 256 from folders and packs)",
     )
-    p.add_argument("--show", type=integer(ge=1), default=4, help="images drawn in the pictures (default 4)")
-    p.add_argument("--out", default="whitebox_report", help="report folder (default ./whitebox_report)")
-    p.add_argument("--mask-ratio", type=number(ge=0, lt=1), default=0.75, help="mask ratio of the reconstructions")
-    p.add_argument(
+    a = p.add_argument_group("analysis")
+    a.add_argument("--show", type=integer(ge=1), default=4, metavar="N", help="images drawn in the pictures")
+    a.add_argument("--mask-ratio", type=number(ge=0, lt=1), default=0.75, help="mask ratio of the reconstructions")
+    a.add_argument(
         "--pixel-stats",
         choices=("patch", "visible"),
         default="patch",
         help="norm_pix_loss reconstructions: 'patch' un-normalises each patch with its own true mean/std (MAE's "
         "display convention; hidden patches use hidden pixels), 'visible' with the visible patches' (leak-free)",
     )
-    p.add_argument("--eps", type=number(gt=0), default=0.5, help="coding precision of the rates (> 0)")
-    p.add_argument("--seed", type=integer(ge=0, le=2**63 - 1), default=0, help="seed of the reconstruction masks")
-    p.add_argument(
-        "--device", type=device_type, default="cpu", help="cpu, cuda, cuda:N, mps, xpu or auto (default cpu)"
-    )
-    p.add_argument("--overwrite", action="store_true", help="write into a non-empty report folder")
+    a.add_argument("--eps", type=number(gt=0), default=0.5, help="coding precision of the rates (> 0)")
+    a.add_argument("--seed", type=integer(ge=0, le=2**63 - 1), default=0, help="seed of the reconstruction masks")
+    r = p.add_argument_group("runtime")
+    r.add_argument("--device", type=device_type, default="cpu", help="cpu, cuda, cuda:N, mps, xpu or auto")
+    add_threads_arg(r)
+    o = p.add_argument_group("output")
+    o.add_argument("--out", default="whitebox_report", metavar="DIR", help="report folder")
+    o.add_argument("--overwrite", action="store_true", help="write into a non-empty report folder")
     return p
 
 
 def _device(name: str) -> torch.device:
     """The ``--device`` flag as a device, refusing one this machine does not have (before any work)."""
+    import torch
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     kind, _, index = name.partition(":")
@@ -129,6 +134,16 @@ def _recipe_record(path: str | None) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    import torch
+
+    import whitebox
+
+    from .images import normalize_images
+    from .report import write_report
+    from .sources import check_specs, read_images
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.model and Path(args.model).is_file():
         raise ValueError(f"{args.model} is a file: name the architecture and pass the file as --checkpoint")
     device = _device(args.device)
@@ -190,8 +205,21 @@ def model_image_size(model: torch.nn.Module) -> tuple[int, int]:
     return h, w
 
 
-if __name__ == "__main__":
+def cli() -> int:
+    """``python -m whitebox.analysis`` and ``whitebox-analysis``: bad input ends with ``error: MESSAGE``
+    and exit status 1 (an unsafe or unreadable checkpoint and a failed download included), a Ctrl-C with
+    one line and status 130, never a traceback."""
+    import pickle
+
+    start_program(build_parser)
     try:
-        sys.exit(main())
-    except (ValueError, TypeError, OSError) as err:  # bad arguments: a message, not a traceback
-        sys.exit(f"error: {err}")
+        return main()
+    except (ValueError, TypeError, OSError, pickle.UnpicklingError) as err:
+        sys.exit(f"error: {err}")  # UnpicklingError: registry's UnsafeCheckpointError
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

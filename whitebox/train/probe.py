@@ -13,7 +13,12 @@ feature mean and standard deviation. Two solvers on cached features:
 
 from __future__ import annotations
 
+import hashlib
+import os
+import sys
 import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -22,6 +27,8 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from whitebox.data import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
     EvalTransform,
     ResumableBatchSampler,
     align_labels,
@@ -48,16 +55,29 @@ def extract_features(
     workers: int = 0,
     crop_pct: float = 1.0,
     on_bad_image: str = "skip",
+    transform: Callable[[Any], torch.Tensor] | None = None,
+    progress: str | None = None,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Frozen features (N, d) in float32 and labels (N,) for every image of ``dataset`` (an unreadable one
-    is replaced by the next readable, with a warning naming it, or stops the run: ``on_bad_image``)."""
+    is replaced by the next readable, with a warning naming it, or stops the run: ``on_bad_image``).
+
+    ``transform``: PIL image -> uint8 (3, H, W) tensor, normalised on the device with ``mean`` / ``std`` (as
+    ``(x / 255 - mean) / std``), e.g. ``whitebox.data_config.eval_transform(encoder, uint8=True)`` with the
+    ``mean`` / ``std`` of ``resolve_eval_config(encoder)`` (the model's record); a transform returning float
+    images is taken as normalising itself (passed through). Unset: a bicubic resize to ``img_size / crop_pct``
+    and centre crop, normalised with ``mean`` / ``std``. ``progress``:
+    a label for a progress bar on stderr (tqdm, when installed), or None for none.
+    """
     device = torch.device(device)
     encoder.eval().to(device)
-    ds = seeded_dataset(dataset, EvalTransform(img_size, crop_pct), on_bad_image=on_bad_image)
+    tf = transform if transform is not None else EvalTransform(img_size, crop_pct)
+    ds = seeded_dataset(dataset, tf, on_bad_image=on_bad_image)
     sampler = ResumableBatchSampler(len(ds), batch_size, shuffle=False, drop_last=False)
-    loader = make_loader(ds, sampler, workers, device=device)
+    loader = make_loader(ds, sampler, workers, device=device, mean=mean, std=std)
     feats, labels = [], []
-    for batch in loader:
+    for batch in _progress(loader, progress, len(ds)):
         x, y = batch["image"], batch["label"].cpu()
         if layer is None:
             with amp_context(device, precision):
@@ -68,6 +88,22 @@ def extract_features(
         feats.append(f.float().cpu())
         labels.append(torch.as_tensor(y))
     return torch.cat(feats), torch.cat(labels).long()
+
+
+def _progress(loader: Iterable[dict[str, Any]], label: str | None, total: int) -> Any:
+    """Batches of ``loader``, with a tqdm bar counting images when ``label`` is given and tqdm installed."""
+    if label is None:
+        yield from loader
+        return
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        yield from loader
+        return
+    with tqdm(total=total, desc=label, unit="img", dynamic_ncols=True, file=sys.stderr) as bar:
+        for batch in loader:
+            yield batch
+            bar.update(len(batch["label"]))
 
 
 def _intermediate_pool(encoder: nn.Module, x: torch.Tensor, layer: int, pool: str, precision: str) -> torch.Tensor:
@@ -198,6 +234,57 @@ def accuracy(probe: nn.Module, feats: torch.Tensor, labels: torch.Tensor) -> flo
     return (probe(feats).argmax(1) == labels).float().mean().item()
 
 
+def fit_probe(
+    f_train: torch.Tensor,
+    y_train: torch.Tensor,
+    f_test: torch.Tensor,
+    y_test: torch.Tensor,
+    solver: str = "lbfgs",
+    device: torch.device | str = "cpu",
+    weight_decay: float = 1e-4,
+    max_iter: int = 300,
+    epochs: int = 90,
+    lr: float = 0.1,
+    batch_size: int = 256,
+    seed: int = 0,
+    num_classes: int | None = None,
+    train_set: Dataset | None = None,
+    test_set: Dataset | None = None,
+) -> dict[str, Any]:
+    """Fit the probe on features (N, d) and labels (N,); train / test top-1 (fractions) and the probe.
+
+    ``num_classes``: unset, the largest label + 1. ``train_set`` / ``test_set``: only to name the first image
+    whose features are not finite.
+
+    Raises:
+        NonFiniteFeaturesError: features holding NaN or inf, or a fit that diverged.
+    """
+    t0 = time.perf_counter()
+    check_finite_features(f_train, train_set, "training")
+    check_finite_features(f_test, test_set, "test")
+    if num_classes is None:
+        num_classes = int(max(y_train.max(), y_test.max())) + 1
+    dev = torch.device(device)
+    f_train, y_train, f_test, y_test = (t.to(dev) for t in (f_train, y_train, f_test, y_test))
+    with torch.autocast(dev.type, enabled=False):
+        if solver == "lbfgs":
+            probe = fit_lbfgs(f_train, y_train, num_classes, weight_decay, max_iter)
+        elif solver == "sgd":
+            probe = fit_sgd(f_train, y_train, num_classes, epochs, lr, weight_decay, batch_size, seed)
+        else:
+            raise ValueError(f"solver must be 'lbfgs' or 'sgd', got {solver!r}")
+    return {
+        "top1": accuracy(probe, f_test, y_test),
+        "train_top1": accuracy(probe, f_train, y_train),
+        "num_train": len(f_train),
+        "num_test": len(f_test),
+        "feature_dim": f_train.shape[1],
+        "num_classes": num_classes,
+        "fit_s": time.perf_counter() - t0,
+        "probe": probe,
+    }
+
+
 def linear_probe(
     encoder: nn.Module,
     train_set: Dataset,
@@ -217,41 +304,101 @@ def linear_probe(
     seed: int = 0,
     crop_pct: float = 1.0,
     on_bad_image: str = "skip",
+    transform: Callable[[Any], torch.Tensor] | None = None,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
 ) -> dict[str, Any]:
     """Extract features, fit the probe, and return train / test top-1 (fractions) and the probe.
 
     Both sets must be labelled (a ValueError otherwise, before any feature is computed); test classes
     are matched to training classes by name where both sets name them (``align_labels``: a test class
     training never saw is a ``LabelError``). Non-finite features are a ``NonFiniteFeaturesError``.
+    ``transform``, ``mean``, ``std``: see :func:`extract_features`.
     """
     y_all = dataset_labels(train_set, "the training images")
     test_set = align_labels(train_set, test_set)
     t0 = time.perf_counter()
     kw = dict(pool=pool, layer=layer, batch_size=batch_size, device=device, precision=precision, workers=workers)
-    kw.update(crop_pct=crop_pct, on_bad_image=on_bad_image)
+    kw.update(crop_pct=crop_pct, on_bad_image=on_bad_image, transform=transform, mean=mean, std=std)
     f_train, y_train = extract_features(encoder, train_set, img_size, **kw)
     f_test, y_test = extract_features(encoder, test_set, img_size, **kw)
-    t1 = time.perf_counter()
-    check_finite_features(f_train, train_set, "training")
-    check_finite_features(f_test, test_set, "test")
-    num_classes = int(y_all.max()) + 1
-    dev = torch.device(device)
-    f_train, y_train, f_test, y_test = (t.to(dev) for t in (f_train, y_train, f_test, y_test))
-    with torch.autocast(dev.type, enabled=False):
-        if solver == "lbfgs":
-            probe = fit_lbfgs(f_train, y_train, num_classes, weight_decay, max_iter)
-        elif solver == "sgd":
-            probe = fit_sgd(f_train, y_train, num_classes, epochs, lr, weight_decay, batch_size, seed)
+    extract_s = time.perf_counter() - t0
+    result = fit_probe(
+        f_train,
+        y_train,
+        f_test,
+        y_test,
+        solver,
+        device,
+        weight_decay,
+        max_iter,
+        epochs,
+        lr,
+        batch_size,
+        seed,
+        num_classes=int(y_all.max()) + 1,
+        train_set=train_set,
+        test_set=test_set,
+    )
+    return {**result, "extract_s": extract_s}
+
+
+# ----------------------------------------------------------------------------- saved features
+FEATURE_KEYS = ("train", "train_labels", "test", "test_labels")
+
+
+def file_digest(path: str | os.PathLike[str]) -> str:
+    """sha256 of a file (hex): names a checkpoint's weights independently of where it lies."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def save_features(path: str | os.PathLike[str], features: dict[str, torch.Tensor], record: dict[str, Any]) -> None:
+    """Write ``features`` (``train``, ``train_labels``, ``test``, ``test_labels``; optional ``baseline_*``)
+    and ``record`` (what made them: model, weights, layer, pool, transform, data) atomically."""
+    from .checkpoint import atomic_save
+
+    atomic_save({"features": {k: v.cpu() for k, v in features.items()}, "record": record}, path)
+
+
+def _flat(record: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{'transform': {'crop_pct': 1.0}}`` -> ``{'transform.crop_pct': 1.0}``: a difference names its field."""
+    out: dict[str, Any] = {}
+    for k, v in record.items():
+        if isinstance(v, dict) and k != "model_kwargs":
+            out.update(_flat(v, f"{prefix}{k}."))
         else:
-            raise ValueError(f"solver must be 'lbfgs' or 'sgd', got {solver!r}")
-    return {
-        "top1": accuracy(probe, f_test, y_test),
-        "train_top1": accuracy(probe, f_train, y_train),
-        "num_train": len(f_train),
-        "num_test": len(f_test),
-        "feature_dim": f_train.shape[1],
-        "num_classes": num_classes,
-        "extract_s": t1 - t0,
-        "fit_s": time.perf_counter() - t1,
-        "probe": probe,
-    }
+            out[prefix + k] = v
+    return out
+
+
+def load_features(path: str | os.PathLike[str], record: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """Features saved by :func:`save_features`, if they were made as ``record`` says.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not a features file, or made otherwise (each differing field named, then and now).
+    """
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"--load-features {path}: no such file")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ValueError(f"--load-features {path} is not a features file ({type(err).__name__}: {err})") from None
+    if not isinstance(obj, dict) or not isinstance(obj.get("features"), dict) or "record" not in obj:
+        raise ValueError(f"--load-features {path} is not a features file written by --save-features")
+    saved, feats = obj["record"], obj["features"]
+    if missing := [k for k in FEATURE_KEYS if k not in feats]:
+        raise ValueError(f"--load-features {path} lacks {', '.join(missing)}")
+    then, now = _flat(saved), _flat(record)
+    differ = [k for k in sorted(set(then) | set(now)) if then.get(k) != now.get(k)]
+    if differ:
+        lines = "; ".join(f"{k}: {then.get(k)!r} there, {now.get(k)!r} now" for k in differ)
+        raise ValueError(
+            f"--load-features {path} holds features of another set-up ({lines}); extract them again "
+            "(leave out --load-features) or run with the flags that made them"
+        )
+    return feats

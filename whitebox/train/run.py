@@ -229,9 +229,34 @@ def resume_command(world_size: int) -> str:
     return shlex.join([*launcher, sys.argv[0], *argv, "--resume", "auto"])
 
 
+_PLAIN = (bool, int, float, str)
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as a plain Python ``None``/bool/int/float/str (a list of them for a tuple or list), else
+    ``_SKIP``. NumPy and 0-d torch scalars become Python ones (``np.float64`` would otherwise pass as a float
+    subclass, and ``np.int64`` be dropped)."""
+    if value is None:
+        return None
+    if isinstance(value, _PLAIN):  # a subclass (np.float64, an IntEnum) becomes its plain base type
+        return next(t for t in _PLAIN if isinstance(value, t))(value)
+    if getattr(value, "shape", None) == () and callable(getattr(value, "item", None)):  # np.int64, np.bool_
+        item = value.item()
+        return _plain(item) if isinstance(item, _PLAIN) else _SKIP
+    if isinstance(value, (list, tuple)):
+        items = [_plain(v) for v in value]
+        return _SKIP if any(v is _SKIP for v in items) else items
+    return _SKIP
+
+
+_SKIP = object()
+
+
 def run_args(args: argparse.Namespace) -> dict[str, Any]:
-    """The arguments of a run as plain values (what a checkpoint records)."""
-    return {k: v for k, v in vars(args).items() if v is None or isinstance(v, (int, float, str, bool))}
+    """The arguments of a run as plain Python values (what a checkpoint records): None, bool, int, float,
+    str, or a list of them; NumPy scalars are converted, other values left out."""
+    plain = {k: _plain(v) for k, v in vars(args).items()}
+    return {k: v for k, v in plain.items() if v is not _SKIP}
 
 
 def changed_args(recorded: dict[str, Any], args: argparse.Namespace) -> list[str]:
@@ -464,6 +489,10 @@ class TrainLoop:
                 self._save(state, "checkpoint-best.pth")
             self._save(state, "checkpoint-last.pth")
             self.evals.log(row)
+            if self.logger is not None and self.logger.tb is not None:  # evaluations in TensorBoard too
+                for k, v in metrics.items():
+                    if isinstance(v, (int, float)):
+                        self.logger.tb.add_scalar(f"eval/{k}", v, self.step)
         self.saved_step = self.step
         return row
 
