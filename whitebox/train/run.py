@@ -330,7 +330,8 @@ class TrainLoop:
         """All ranks agree whether this step is finite and whether a signal asked to stop (one all-reduce).
 
         Returns ``True`` for a finite step; skips up to ``--max-nonfinite-steps`` non-finite steps in a row
-        (``False``); raises :class:`NonFiniteError` at the next."""
+        (``False``); raises :class:`NonFiniteError` at the next. Under fp16 a non-finite gradient counts only at a
+        loss scale at or below ``min_loss_scale``; above it the ``GradScaler`` skips the step and halves the scale."""
         grad_bad = ~torch.isfinite(grad_norm)
         scale = self.scaler.get_scale() if self.scaler.is_enabled() else None  # the loss scale of this step
         if scale is not None and scale > self.min_loss_scale:
@@ -351,10 +352,10 @@ class TrainLoop:
             values += f" at fp16 loss scale {scale:.4g}"
         if self.nonfinite_in_row > allowed:
             what = f"step {step}: {values} (not finite)"
-            if scale is not None and not math.isfinite(flags[1]):
+            if scale is not None and math.isfinite(flags[0]):  # a finite loss: the scaler's floor was reached
                 what += (
-                    f"; the GradScaler skipped the overflowing steps and lowered the loss scale to its floor "
-                    f"{self.min_loss_scale:.4g}, where the gradient overflows fp16 even unscaled"
+                    f"; the loss scale is at its floor {self.min_loss_scale:.4g} (the GradScaler halves it at every "
+                    "overflowing step, which it skips): the gradient overflows fp16 even unscaled"
                 )
             raise NonFiniteError(self.nonfinite_message(what))
         if self.dist.is_main:
