@@ -166,6 +166,66 @@ def test_nonfinite_weights_are_never_saved(tmp_path, monkeypatch):
     assert load_checkpoint_file(tmp_path / "run" / "checkpoint-last.pth")["step"] == 2
 
 
+def _fp16_on_cpu(monkeypatch) -> None:
+    """``--precision fp16`` on CPU: the real ``GradScaler`` (enabled) and fp16 autocast, which CPU supports;
+    the recipes refuse fp16 without CUDA only because CPU fp16 is slow, not because the code path differs."""
+    import recipes.pretrain
+
+    real = recipes.pretrain.resolve_precision
+    monkeypatch.setattr(recipes.pretrain, "resolve_precision", lambda p, d: "fp16" if p == "fp16" else real(p, d))
+
+
+_FP16 = [*SHORT[:4], "--epochs", "6", "--save-every", "0", *TINY, "--precision", "fp16", "--warmup-steps", "1"]
+
+
+def test_fp16_overflow_at_every_step_stops_once_the_loss_scale_reaches_its_floor(tmp_path, monkeypatch):
+    """Before: the GradScaler skipped every step and halved its scale without end; the loss stayed finite and the
+    run 'finished' with the initial weights. After: from the default scale 2**16, 16 skips bring it to 1, the
+    floor, and the 17th overflowing step counts as non-finite (--max-nonfinite-steps 0): a named error."""
+    _fp16_on_cpu(monkeypatch)
+    _poison(monkeypatch, set(range(100)), "grad")  # a finite loss, an infinite gradient at every step
+    out = tmp_path / "run"
+    pattern = r"non-finite at step 17: loss [0-9.]+, gradient norm (inf|nan) at fp16 loss scale 1 \(not finite\); "
+    pattern += r"the loss scale is at its floor 1 .*Try .*--precision bf16 \(fp32's range\) or fp32"
+    with pytest.raises(NonFiniteError, match=pattern):
+        pretrain([*_FP16, "--output", str(out)])
+    ckpt = load_checkpoint_file(out / "checkpoint-last.pth")
+    assert ckpt["step"] == 16 and ckpt["scaler"]["scale"] == 1.0 and _finite(ckpt["model"])
+    _poison(monkeypatch, set(range(100)), "grad")  # the same on the resumed run's new model
+    with pytest.raises(NonFiniteError, match=r"non-finite at step 17: "):  # resumed at scale 1: stops at once
+        pretrain([*_FP16, "--output", str(out), "--resume", "auto"])
+
+
+def test_fp16_overflow_at_the_floor_is_skipped_like_any_nonfinite_step_when_allowed(tmp_path, monkeypatch, capsys):
+    _fp16_on_cpu(monkeypatch)
+    _poison(monkeypatch, set(range(100)), "grad")
+    with pytest.raises(NonFiniteError, match=r"non-finite at step 19: .* at fp16 loss scale 0.25 \(not finite\)"):
+        pretrain([*_FP16, "--output", str(tmp_path / "run"), "--max-nonfinite-steps", "2"])
+    err = capsys.readouterr().err
+    assert "warning: step 17: " in err and "at fp16 loss scale 1: skipped" in err and "warning: step 16" not in err
+
+
+def test_fp16_overflow_for_a_few_steps_is_the_scalers_business_and_the_run_finishes(tmp_path, monkeypatch):
+    _fp16_on_cpu(monkeypatch)
+    _poison(monkeypatch, {0, 1, 2}, "grad")
+    result = pretrain([*_FP16, "--output", str(tmp_path / "run")])
+    ckpt = load_checkpoint_file(tmp_path / "run" / "checkpoint-last.pth")
+    assert result["step"] == 24 and ckpt["scaler"]["scale"] == 2.0**13  # halved three times, then no growth
+    assert _finite(ckpt["model"]) and math.isfinite(result["loss"])
+
+
+def test_fp16_a_nonfinite_loss_stops_at_once_whatever_the_loss_scale(tmp_path, monkeypatch):
+    _fp16_on_cpu(monkeypatch)
+    _poison(monkeypatch, {1}, "loss")
+    with pytest.raises(
+        NonFiniteError,
+        match=r"non-finite at step 2: loss nan, gradient norm nan at fp16 loss scale "
+        r"6.554e\+04 \(not finite\); stopped",
+    ) as err:
+        pretrain([*_FP16, "--output", str(tmp_path / "run")])
+    assert "floor" not in str(err.value)
+
+
 def _labelled_npz(path: Path, n: int = 24) -> Path:
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (n, 16, 16, 3), dtype=np.uint8)
@@ -328,7 +388,12 @@ def test_signal_stop_handler_first_asks_then_a_second_sigint_interrupts():
 @pytest.mark.slow
 def test_sigterm_during_a_two_process_gloo_run_checkpoints_and_resumes_on_one_process(tmp_path):
     """torchrun relays SIGTERM to both ranks; they agree on a step, rank 0 saves it; the run resumes on one
-    process at the same global batch (8 = 4 x 2 ranks) and ends where an uninterrupted run ends."""
+    process at the same global batch (8 = 4 x 2 ranks) and ends where an uninterrupted run ends.
+
+    Not bit for bit: the samples and their masks are the same (seeded per sample), but 2 ranks average two
+    per-rank means of 4 (the loss, and the gradients through DDP's all-reduce) where one process takes one
+    mean of 8, so float sums run in another order: the step-1 loss differs in the 8th digit and after 48
+    steps the weights by up to 6e-8 (measured; 2 -> 2 is bit-exact, tested below)."""
     common = ["--samples-per-epoch", "64", "--epochs", "6", "--log-every", "1", "--warmup-steps", "2", *TINY]
     full, out = tmp_path / "full", tmp_path / "run"
     pretrain([*common, "--batch-size", "8", "--output", str(full)])
@@ -348,6 +413,54 @@ def test_sigterm_during_a_two_process_gloo_run_checkpoints_and_resumes_on_one_pr
     a, b = (load_checkpoint_file(d / "checkpoint-last.pth")["model"] for d in (full, out))
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
+
+
+_TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone"]
+
+
+def _rows(out: Path) -> list[dict]:
+    """The metrics rows without the wall-clock throughput (the one column that may differ)."""
+    return [{k: v for k, v in r.items() if k != "images_per_s"} for r in read_jsonl(out / "metrics.jsonl")]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", ["pretrain", "finetune"])
+def test_sigterm_during_a_two_process_gloo_run_resumes_on_two_processes_bit_exact(tmp_path, recipe):
+    """Issue 17 item 2: stopped by SIGTERM under torchrun (2 ranks, gloo) and resumed with the printed command on
+    2 ranks, the run ends with the same parameters, optimizer state and metrics rows as an uninterrupted 2-rank
+    run, bit for bit. Fine-tuning's drop path and mixup draw from each rank's own generator (seed + rank), so
+    it also checks that every rank gets its own random state back."""
+    common = ["--log-every", "1", "--batch-size", "4", *TINY]
+    if recipe == "pretrain":
+        common += ["--samples-per-epoch", "64", "--epochs", "6", "--warmup-steps", "2"]  # 8 steps per epoch
+    else:  # 24 images, global batch 8: 3 steps per epoch; drop path 0.1 and mixup 0.8 by default
+        common += ["--model", "crate_tiny", "--img-size", "16", "--patch-size", "8", "--aa", "", "--epochs", "16"]
+        common += ["--data", str(_labelled_npz(tmp_path / "d.npz"))]
+    program = str(ROOT / "recipes" / f"{recipe}.py")
+    full, out = tmp_path / "full", tmp_path / "run"
+    proc = _run([*_TORCHRUN, program, *common, "--output", str(full)])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = _start([*_TORCHRUN, program, *common, "--output", str(out)], out, 3)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    step = load_checkpoint_file(out / "checkpoint-last.pth")["step"]
+    assert 3 <= step < 48, err[-3000:]
+    line = next(x for x in err.splitlines() if x.startswith(f"stopped by SIGTERM at step {step}: "))
+    resume = shlex.split(line.split("resume with: ")[1])
+    assert resume[:3] == ["torchrun", "--nproc_per_node=2", program]
+    proc = _run([*_TORCHRUN, *resume[2:]])  # the printed command (standalone: no fixed port)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"resume: from {out / 'checkpoint-last.pth'} (step {step})" in proc.stderr
+    a, b = (load_checkpoint_file(d / "checkpoint-last.pth") for d in (full, out))
+    assert a["step"] == b["step"] == 48
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    states = zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values(), strict=True)
+    for i, (sa, sb) in enumerate(states):
+        for k in sa:
+            assert torch.equal(torch.as_tensor(sa[k]), torch.as_tensor(sb[k])), (i, k)
+    assert len(_rows(out)) == 48 and _rows(out) == _rows(full)
+    assert read_jsonl(out / "eval.jsonl") == read_jsonl(full / "eval.jsonl")
 
 
 # ----------------------------------------------------------------------------- short runs and the global batch

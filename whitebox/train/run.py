@@ -21,8 +21,11 @@ agree). A non-finite step is skipped (no optimizer step; the weights stay as the
 ``--max-nonfinite-steps`` (default 0) come in a row; the next one stops the run with
 :class:`NonFiniteError`, which names the step, the values and what to try. Before any checkpoint the
 weights and the evaluation are checked: a non-finite one is never written, so ``checkpoint-last.pth``
-stays the last finite state. Under fp16 an overflowing gradient is the ``GradScaler``'s business (it
-skips the step and lowers the scale); only a non-finite loss counts there.
+stays the last finite state. Under fp16 an overflowing gradient is first the ``GradScaler``'s business
+(it skips the step and halves the loss scale); once the scale is at or below ``min_loss_scale`` (1: the
+gradient overflows fp16 unscaled) an overflowing step counts as non-finite too, so a gradient that
+overflows at every step stops the run after at most log2(scale) + ``--max-nonfinite-steps`` + 1 steps
+(17 from the default initial scale 65536) instead of lowering the scale without end.
 
 Signals: on the first SIGINT or SIGTERM every rank finishes its step, rank 0 writes
 ``checkpoint-last.pth`` at that step (no evaluation), the lock is released, one line says how to
@@ -286,6 +289,9 @@ class TrainLoop:
     name = "train"
     score = "loss"
     higher_is_better = False
+    #: Under fp16, a step the ``GradScaler`` skips for overflow at a loss scale at or below this counts as a
+    #: non-finite step (DeepSpeed's ``min_loss_scale`` default; fairseq's ``--min-loss-scale`` is the same idea).
+    min_loss_scale = 1.0
 
     def __init__(self, args: argparse.Namespace, dist: DistInfo) -> None:
         self.args, self.dist, self.device, self.out = args, dist, dist.device, Path(args.output)
@@ -349,8 +355,12 @@ class TrainLoop:
         """All ranks agree whether this step is finite and whether a signal asked to stop (one all-reduce).
 
         Returns ``True`` for a finite step; skips up to ``--max-nonfinite-steps`` non-finite steps in a row
-        (``False``); raises :class:`NonFiniteError` at the next."""
-        grad_bad = ~torch.isfinite(grad_norm) if not self.scaler.is_enabled() else torch.zeros((), dtype=torch.bool)
+        (``False``); raises :class:`NonFiniteError` at the next. Under fp16 a non-finite gradient counts only at a
+        loss scale at or below ``min_loss_scale``; above it the ``GradScaler`` skips the step and halves the scale."""
+        grad_bad = ~torch.isfinite(grad_norm)
+        scale = self.scaler.get_scale() if self.scaler.is_enabled() else None  # the loss scale of this step
+        if scale is not None and scale > self.min_loss_scale:
+            grad_bad = torch.zeros((), dtype=torch.bool)  # the scaler skips the step and lowers the scale
         bad = (~torch.isfinite(loss)) | grad_bad.to(loss.device)
         flags = torch.stack([loss.float(), grad_norm.float().to(loss.device), bad.float()])
         flags = torch.cat([flags, torch.tensor([float(self.stop.signum)], device=loss.device)])
@@ -363,8 +373,16 @@ class TrainLoop:
         self.nonfinite_since_log += 1
         step, allowed = self.step + 1, getattr(self.args, "max_nonfinite_steps", 0)
         values = f"loss {flags[0]:.4g}, gradient norm {flags[1]:.4g}"
+        if scale is not None and not math.isfinite(flags[1]):
+            values += f" at fp16 loss scale {scale:.4g}"
         if self.nonfinite_in_row > allowed:
-            raise NonFiniteError(self.nonfinite_message(f"step {step}: {values} (not finite)"))
+            what = f"step {step}: {values} (not finite)"
+            if scale is not None and math.isfinite(flags[0]):  # a finite loss: the scaler's floor was reached
+                what += (
+                    f"; the loss scale is at its floor {self.min_loss_scale:.4g} (the GradScaler halves it at every "
+                    "overflowing step, which it skips): the gradient overflows fp16 even unscaled"
+                )
+            raise NonFiniteError(self.nonfinite_message(what))
         if self.dist.is_main:
             print(
                 f"warning: step {step}: {values}: skipped, the weights are unchanged ({self.nonfinite_in_row} of "
@@ -382,7 +400,9 @@ class TrainLoop:
         tries = [f"a lower learning rate (--lr, now {self.base_lr:.3g}; or --blr)"]
         if self.args.clip_grad is None:
             tries.append("gradient clipping (--clip-grad 1.0)")
-        if self.precision != "fp32":
+        if self.precision == "fp16":
+            tries.append("--precision bf16 (fp32's range) or fp32")
+        elif self.precision != "fp32":
             tries.append("--precision fp32")
         warmup = "--warmup-steps / --warmup-epochs" if hasattr(self.args, "warmup_steps") else "--warmup-epochs"
         tries.append(f"a longer warmup ({warmup})")
