@@ -91,7 +91,7 @@ def _folder_split(path: Path, split: str | None) -> Dataset:
     sub = next((path / n for n in names if (path / n).is_dir()), None)
     if sub is None and split != "train":
         raise SplitNotFoundError(
-            f"{path} has no sub-folder for the {split!r} split (looked for {' / '.join(names)}; it has "
+            f"{path} has no sub-folder for split {split!r} (looked for {' / '.join(names)}; it has "
             f"{_folder_names(path)})"
         )
     return image_folder(sub or path)
