@@ -158,7 +158,7 @@ def test_shards_and_hugging_face_files_without_their_prefix_get_the_prefix(tmp_p
     tar = tmp_path / "shard-000.tar"
     tar.write_bytes(b"")
     for data in (str(tar), str(tmp_path / "missing.tar"), str(tmp_path / "shard-{000..003}.tar")):
-        with pytest.raises(ValueError, match=r"write it as --data wds:"):
+        with pytest.raises(ValueError, match=r"write it as --data '?wds:"):
             build_dataset(data, "train")
     hf = tmp_path / "hf"
     (hf / "train").mkdir(parents=True)
@@ -166,7 +166,7 @@ def test_shards_and_hugging_face_files_without_their_prefix_get_the_prefix(tmp_p
     (tmp_path / "pq").mkdir()
     (tmp_path / "pq" / "train-0.parquet").write_bytes(b"")
     for data in (hf, tmp_path / "pq", tmp_path / "pq" / "train-0.parquet"):
-        with pytest.raises(ValueError, match=r"write it as --data hf:"):
+        with pytest.raises(ValueError, match=r"write it as --data '?hf:"):
             build_dataset(str(data), "train")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 from torch.utils.data import Dataset
@@ -105,10 +106,11 @@ def _folder_names(path: Path) -> str:
 def _prefix_hint(data: str, path: Path) -> str | None:
     """Advice for WebDataset shards or Hugging Face files given without their ``wds:`` / ``hf:`` prefix."""
     if path.suffix in (".tar", ".tgz") or path.name.endswith(".tar.gz") or ("{" in data and ".." in data):
-        return f"--data {data} looks like WebDataset tar shards; write it as --data wds:{data}"
+        return f"--data {data} looks like WebDataset tar shards; write it as --data {shlex.quote('wds:' + data)}"
     hf = (".parquet", ".arrow")
     if path.suffix in hf or (path.is_dir() and any(p.suffix in hf for p in path.rglob("*"))):
-        return f"--data {data} holds parquet / arrow files (a Hugging Face dataset); write it as --data hf:{data}"
+        hf_data = shlex.quote("hf:" + data)
+        return f"--data {data} holds parquet / arrow files (a Hugging Face dataset); write it as --data {hf_data}"
     return None
 
 
@@ -125,9 +127,8 @@ def cifar10(data_root: str, train: bool, download: bool = False) -> Dataset:
         return CIFAR10(data_root, train=train, download=download)
     except RuntimeError as err:  # torchvision: "Dataset not found or corrupted"
         raise FileNotFoundError(
-            f"CIFAR-10 not found (or incomplete) under --data-root {data_root}: looked for {where} "
-            f"(torchvision: {err}); pass --download to fetch it there, or point --data-root at the folder that "
-            f"holds {CIFAR10.base_folder}"
+            f"CIFAR-10 not found (or incomplete) under --data-root {data_root}: looked for {where}; pass --download "
+            f"to fetch it there, or point --data-root at the folder that holds {CIFAR10.base_folder}"
         ) from err
     except OSError as err:  # urllib's URLError, a full disk, ...
         if not download:
