@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from whitebox.cli import require
-from whitebox.data import align_labels, data_options, dataset_labels, seeded_dataset
+from whitebox.data import SplitNotFoundError, align_labels, data_options, dataset_labels, seeded_dataset
 from whitebox.data_config import eval_overrides, eval_transform, resolve_eval_config
 from whitebox.train import (
     ResumableBatchSampler,
@@ -56,7 +56,7 @@ from whitebox.train.common import (
     model_kwargs_from_args,
     resolve_precision,
 )
-from whitebox.train.run import run_main
+from whitebox.train.run import finish_line, run_main
 
 build_parser = finetune_parser
 
@@ -82,7 +82,13 @@ class Finetuning(TrainLoop):
         opts = data_options(args)
         train_base = build_dataset(args.data, args.train_split, args.download, args.data_root, **opts)
         test_split = None if args.test_data else args.test_split  # a file or folder of test images only
-        test_base = build_dataset(args.test_data or args.data, test_split, args.download, args.data_root, **opts)
+        try:
+            test_base = build_dataset(args.test_data or args.data, test_split, args.download, args.data_root, **opts)
+        except SplitNotFoundError as err:  # advice that fits this program's flags
+            raise SplitNotFoundError(
+                f"{err}; give the test images with --test-data FILE_OR_FOLDER, or name a split of --data that exists "
+                "with --test-split"
+            ) from err
         train_labels = dataset_labels(train_base, f"--data {args.data}")
         dataset_labels(test_base, f"the test images ({args.test_data or args.data})")
         # classes matched by name (a class folder missing from one split must not renumber the others)
@@ -260,7 +266,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         cleanup_distributed()
     if info.is_main:
         top1, best = 100 * result.get("top1", 0.0), 100 * result["best_top1"]
-        print(f"done: step {result['step']} top-1 {top1:.2f}% (best {best:.2f}%)", file=sys.stderr)
+        print(finish_line(result, f" top-1 {top1:.2f}% (best {best:.2f}%)", info.world_size), file=sys.stderr)
     return result
 
 

@@ -30,7 +30,7 @@ if __name__ == "__main__":
 import torch
 
 from whitebox.cli import require
-from whitebox.data import align_labels, data_options, dataset_labels
+from whitebox.data import SplitNotFoundError, align_labels, data_options, dataset_labels
 from whitebox.data_config import eval_overrides, eval_transform, resolve_eval_config
 from whitebox.io import write_json
 from whitebox.train import RunFolder, atomic_save, build_dataset
@@ -103,7 +103,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 keep = torch.randperm(len(train_set), generator=g)[: args.max_train].sort().values.tolist()
                 train_set = torch.utils.data.Subset(train_set, keep)
             test_split = None if args.test_data else args.test_split  # a file or folder of test images only
-            test_set = build_dataset(args.test_data or args.data, test_split, args.download, args.data_root, **opts)
+            try:
+                test_set = build_dataset(args.test_data or args.data, test_split, args.download, args.data_root, **opts)
+            except SplitNotFoundError as err:  # advice that fits this program's flags
+                raise SplitNotFoundError(
+                    f"{err}; give the test images with --test-data FILE_OR_FOLDER, or name a split of --data that "
+                    "exists with --test-split"
+                ) from err
             y_all = dataset_labels(train_set, "the training images")
             test_set = align_labels(train_set, test_set)  # test classes matched to training's by name
             features["num_classes"] = torch.tensor(int(y_all.max()) + 1)

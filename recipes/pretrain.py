@@ -37,7 +37,7 @@ from torch import nn
 
 from whitebox.analysis import reconstruction_grid
 from whitebox.cli import require
-from whitebox.data import data_options, fixed_batch, seeded_dataset
+from whitebox.data import SplitNotFoundError, data_options, fixed_batch, seeded_dataset
 from whitebox.train import (
     MAEAugment,
     ResumableBatchSampler,
@@ -58,7 +58,7 @@ from whitebox.train.common import (
     model_kwargs_from_args,
     resolve_precision,
 )
-from whitebox.train.run import run_main
+from whitebox.train.run import finish_line, run_main
 
 # the demo's values (no --data) and every other run's defaults: defined with the flags, in whitebox.recipe_args
 DEMO_DEFAULTS, DEFAULTS = PRETRAIN_DEMO, PRETRAIN_DEFAULTS
@@ -354,7 +354,14 @@ class KNNMonitor:
         self.model, self.args, self.device, self.precision = model, args, device, precision
         self.sets = {}
         for split in ("train", "test"):
-            ds = build_dataset(args.knn_data, split, args.download, args.data_root)
+            try:
+                ds = build_dataset(args.knn_data, split, args.download, args.data_root)
+            except SplitNotFoundError as err:  # advice that fits pretraining: one source, both splits
+                raise SplitNotFoundError(
+                    f"--knn-data {args.knn_data}: {err}; the kNN monitor needs labelled 'train' and 'test' splits of "
+                    "one source: a folder with train/ and test/ (or val/) class sub-folders, an .npz with x_train / "
+                    "y_train and x_test / y_test, 'cifar10', or hf:NAME"
+                ) from err
             dataset_labels(ds, f"--knn-data {args.knn_data} ({split} split)")
             if args.knn_max and len(ds) > args.knn_max:  # a seeded subset, drawn from its own generator
                 g = torch.Generator().manual_seed(args.seed)
@@ -424,11 +431,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if info.is_main:
         loss = f" loss {result['loss']:.4f}" if "loss" in result else ""
         score = "knn_top1" if args.best_by == "knn" else "probe_loss"
-        print(
-            f"done: step {result['step']}{loss}, best {score.replace('_', ' ')} {result['best_' + score]:.4f} | "
-            f"{result['mean_images_per_s']:.1f} images/s | {result['wall_s']:.1f} s",
-            file=sys.stderr,
-        )
+        metrics = f"{loss}, best {score.replace('_', ' ')} {result['best_' + score]:.4f}"
+        print(finish_line(result, metrics, info.world_size), file=sys.stderr)
     return result
 
 

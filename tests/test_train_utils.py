@@ -194,7 +194,7 @@ def test_npz_layouts_and_jpeg_pack(tmp_path):
     np.savez(tmp_path / "bad.npz", images=imgs)
     with pytest.raises(ValueError, match="expected keys"):
         load_npz(tmp_path / "bad.npz")
-    with pytest.raises(ValueError, match="--data"):
+    with pytest.raises(FileNotFoundError, match="--data .*nothing_here: no such file or folder"):
         build_dataset(str(tmp_path / "nothing_here"))
 
 

@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
-from .base import open_image, validate_labels
+from .base import SplitNotFoundError, open_image, validate_labels
 
 __all__ = ["ArrayImageDataset", "JpegPackDataset", "load_npz"]
 
@@ -19,7 +19,9 @@ __all__ = ["ArrayImageDataset", "JpegPackDataset", "load_npz"]
 class ArrayImageDataset(Dataset):
     """Images as a uint8 array (N, H, W, 3) or (N, H, W, 1) with integer labels (or none: label -1)."""
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray | None = None, source: str = "an array") -> None:
+    def __init__(
+        self, images: np.ndarray, labels: np.ndarray | None = None, source: str = "an array", labels_from: str = ""
+    ) -> None:
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3):
             raise ValueError(
                 f"{source}: images must be a uint8 array (N, H, W, 3) or (N, H, W, 1), got {images.dtype} "
@@ -27,7 +29,7 @@ class ArrayImageDataset(Dataset):
             )
         if images.shape[1] == 0 or images.shape[2] == 0:
             raise ValueError(f"{source}: images of size {images.shape[2]} x {images.shape[1]} (zero-size) cannot train")
-        self.labels = None if labels is None else validate_labels(labels, source, len(images))
+        self.labels = None if labels is None else validate_labels(labels, labels_from or source, len(images))
         self.images, self.source = images, source
 
     def describe(self, i: int) -> str:
@@ -50,7 +52,12 @@ class JpegPackDataset(Dataset):
     """
 
     def __init__(
-        self, jpeg: np.ndarray, offsets: np.ndarray, labels: np.ndarray | None = None, source: str = "a JPEG pack"
+        self,
+        jpeg: np.ndarray,
+        offsets: np.ndarray,
+        labels: np.ndarray | None = None,
+        source: str = "a JPEG pack",
+        labels_from: str = "",
     ) -> None:
         if jpeg.dtype != np.uint8 or jpeg.ndim != 1:
             raise ValueError(
@@ -75,7 +82,7 @@ class JpegPackDataset(Dataset):
                 f"{source}: {len(empty)} images are empty (zero bytes: offsets[i] == offsets[i + 1]), first image "
                 f"{empty[0]}; every image needs its encoded bytes"
             )
-        self.labels = None if labels is None else validate_labels(labels, source, len(offsets) - 1)
+        self.labels = None if labels is None else validate_labels(labels, labels_from or source, len(offsets) - 1)
         self.jpeg, self.offsets, self.source = jpeg, offsets, source
 
     def describe(self, i: int) -> str:
@@ -122,7 +129,7 @@ def load_npz(path: str | os.PathLike[str], split: str | None = "train") -> Datas
 
         if split is not None and f"x_{split}" in keys:
             y = get(f"y_{split}")
-            return ArrayImageDataset(_array(z, f"x_{split}", path), y, f"{path} (x_{split})")
+            return ArrayImageDataset(_array(z, f"x_{split}", path), y, f"{path} (x_{split})", f"{path} (y_{split})")
         splits = sorted(k[2:] for k in keys if k.startswith("x_"))
         if split is None and splits:
             raise ValueError(
@@ -131,14 +138,13 @@ def load_npz(path: str | os.PathLike[str], split: str | None = "train") -> Datas
             )
         single = ("jpeg" in keys and "offsets" in keys) or "x" in keys
         if single and split not in (None, "train"):
-            raise ValueError(
-                f"{path} holds one set of images, not a {split!r} split; give the {split} images as their own "
-                "file (--test-data)"
+            raise SplitNotFoundError(
+                f"{path} holds one set of images (x / y or a JPEG pack), not a {split!r} split (x_{split} / y_{split})"
             )
         if "jpeg" in keys and "offsets" in keys:
-            return JpegPackDataset(get("jpeg"), get("offsets"), get("y"), str(path))
+            return JpegPackDataset(get("jpeg"), get("offsets"), get("y"), str(path), f"{path} (y)")
         if "x" in keys:
-            return ArrayImageDataset(get("x"), get("y"), str(path))
+            return ArrayImageDataset(get("x"), get("y"), str(path), f"{path} (y)")
     raise ValueError(
         f"{path}: no images found for split {split!r}; expected keys x_{split}/y_{split}, x/y, or "
         f"jpeg/offsets/y (a JPEG pack), found {sorted(keys)}"

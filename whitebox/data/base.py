@@ -30,6 +30,7 @@ __all__ = [
     "BadImageError",
     "LabelError",
     "RelabelledDataset",
+    "SplitNotFoundError",
     "align_labels",
     "dataset_labels",
     "describe_item",
@@ -52,6 +53,10 @@ class BadImageError(ValueError):
 
 class LabelError(ValueError):
     """Labels that are not integer class indices 0..K-1 (or differ between training and test data)."""
+
+
+class SplitNotFoundError(ValueError):
+    """A source has no images for the split asked for (a folder without that sub-folder, a one-set file)."""
 
 
 def mix_seed(*parts: int) -> int:

@@ -1,7 +1,8 @@
 """Image folders: class sub-folders (label = index of the folder name) or images directly inside one folder.
 
-The walk follows symbolic links but enters each real folder once and takes each real file once, so a
-link loop or a second link to the same photo does not multiply the data. Files that are not used
+The walk follows symbolic links but enters each real folder once and takes each real file once (by its
+device and inode, so a symbolic or a hard link to a photo already taken is skipped), so a link loop or
+a second path to the same photo does not multiply the data. Files that are not used
 (no image extension, a second path to a file already taken) are kept in ``skipped_files`` as
 ``(path, reason)`` and counted in one warning when the folder is opened.
 """
@@ -25,12 +26,13 @@ IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tif
 
 
 def _dir_id(path: str | Path) -> tuple[int, int]:
+    """(st_dev, st_ino) of the file or folder ``path`` leads to: its identity across links."""
     st = os.stat(path)
     return st.st_dev, st.st_ino
 
 
 def _walk(
-    root: Path, seen_files: dict[str, Path], seen_dirs: set[tuple[int, int]], skipped: list[tuple[str, str]]
+    root: Path, seen_files: dict[tuple[int, int], Path], seen_dirs: set[tuple[int, int]], skipped: list[tuple[str, str]]
 ) -> list[Path]:
     """Image files under ``root`` (links followed, each real folder and file once), sorted by path.
 
@@ -50,10 +52,10 @@ def _walk(
             if path.suffix.lower() not in IMG_EXTENSIONS:
                 skipped.append((str(path), f"not an image file by its extension ({', '.join(IMG_EXTENSIONS)})"))
                 continue
-            real = os.path.realpath(path)
-            if not os.path.isfile(real):
+            if not os.path.isfile(path):
                 skipped.append((str(path), "a link that points nowhere"))
                 continue
+            real = _dir_id(path)  # (device, inode): one file however many symbolic or hard links reach it
             if real in seen_files:
                 skipped.append((str(path), f"the same file as {seen_files[real]}"))
                 continue
@@ -88,7 +90,7 @@ class ClassFolder(Dataset):
             )
         self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
         self.skipped_files: list[tuple[str, str]] = []
-        seen: dict[str, Path] = {}
+        seen: dict[tuple[int, int], Path] = {}
         seen_dirs = {_dir_id(self.root), *(_dir_id(self.root / c) for c in own)}
         self.files: list[Path] = []
         labels: list[int] = []
@@ -125,14 +127,14 @@ class FlatImageFolder(Dataset):
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
         self.skipped_files: list[tuple[str, str]] = []
-        seen: dict[str, Path] = {}
+        seen: dict[tuple[int, int], Path] = {}
         self.files = []
         for p in sorted(self.root.iterdir()):
             if p.suffix.lower() not in IMG_EXTENSIONS:
                 self.skipped_files.append((str(p), "not an image file by its extension"))
             elif not p.is_file():
                 self.skipped_files.append((str(p), "a link that points nowhere"))
-            elif (real := os.path.realpath(p)) in seen:
+            elif (real := _dir_id(p)) in seen:
                 self.skipped_files.append((str(p), f"the same file as {seen[real]}"))
             else:
                 seen[real] = p

@@ -41,6 +41,7 @@ import contextlib
 import math
 import os
 import shlex
+import shutil
 import signal
 import socket
 import sys
@@ -219,6 +220,17 @@ class SignalStop:
         self._previous = {}
 
 
+def finish_line(result: dict[str, Any], metrics: str, world_size: int = 1) -> str:
+    """The one line a training program ends with: ``done: step N METRICS | R images/s | T s`` for a finished run
+    (the rate only where steps ran), ``stopped after N steps (of M) ...; resume with: COMMAND`` for a stop
+    by ``--stop-after``."""
+    step, total = result["step"], result["total_steps"]
+    if step < total:
+        return f"stopped after {step} steps (of {total}){metrics}; resume with: {resume_command(world_size)}"
+    rate = f" | {result['mean_images_per_s']:.1f} images/s | {result['wall_s']:.1f} s" if result["wall_s"] else ""
+    return f"done: step {step}{metrics}{rate}"
+
+
 def resume_command(world_size: int) -> str:
     """The command line that resumes this run: this one with ``--resume auto`` (and without ``--overwrite``)."""
     argv, rest = [], list(sys.argv[1:])
@@ -228,8 +240,14 @@ def resume_command(world_size: int) -> str:
             rest = rest[1:]
         elif not a.startswith(("--resume=", "--stop-after=")) and a != "--overwrite":
             argv.append(a)
-    launcher = ["python"] if world_size == 1 else ["torchrun", f"--nproc_per_node={world_size}"]
-    return shlex.join([*launcher, sys.argv[0], *argv, "--resume", "auto"])
+    program = sys.argv[0]
+    if world_size > 1:
+        launcher = ["torchrun", f"--nproc_per_node={world_size}"]
+    elif program.endswith(".py"):
+        launcher = ["python"]
+    else:  # an installed console script (whitebox-pretrain): it runs by its name
+        launcher, program = [], os.path.basename(program) if shutil.which(os.path.basename(program)) else program
+    return shlex.join([*launcher, program, *argv, "--resume", "auto"])
 
 
 _PLAIN = (bool, int, float, str)
@@ -407,9 +425,13 @@ class TrainLoop:
         warmup = "--warmup-steps / --warmup-epochs" if hasattr(self.args, "warmup_steps") else "--warmup-epochs"
         tries.append(f"a longer warmup ({warmup})")
         tries.append("skipping a few such steps (--max-nonfinite-steps N)")
+        if self.saved_step is not None:
+            then = "; then resume with --resume auto (--force-resume to change the lr or the schedule)"
+        else:  # nothing to resume from: start again
+            then = "; then start the run again (--overwrite, or another --output)"
         return (
             f"the run went non-finite at {what}; stopped, nothing non-finite was saved: {kept}. Try "
-            f"{', '.join(tries)}; resume with --resume auto (--force-resume to change the lr or the schedule)"
+            f"{', '.join(tries)}{then}"
         )
 
     def on_step(self) -> None:
@@ -582,6 +604,7 @@ class TrainLoop:
             **{k: v for k, v in last_eval.items() if k not in ("step", "epoch")},
             "step": self.step,
             f"best_{self.score}": best,
+            "total_steps": self.total_steps,
             "wall_s": wall,
             "mean_images_per_s": images / max(wall, 1e-9),
             "params": sum(p.numel() for p in self.model.parameters()),
@@ -619,6 +642,11 @@ class TrainLoop:
             if main:
                 print(f"{self.out}: this run already finished at step {self.step}; nothing to do", file=sys.stderr)
             return self.result()
+        if args.stop_after and args.stop_after <= self.step:
+            raise ValueError(
+                f"--stop-after {args.stop_after} is not beyond the checkpoint's step {self.step}: nothing to do; "
+                f"give a step after {self.step} (the run has {self.total_steps}), or drop --stop-after to finish it"
+            )
         try:
             if main:
                 tensorboard = not getattr(args, "no_tensorboard", False)
