@@ -209,6 +209,19 @@ def test_validate_records_the_split_it_picked_and_the_model_it_evaluated(tmp_pat
     assert _validate(str(tmp_path / "d"), weights)["model"] == "crate_tiny"
 
 
+def test_analysis_names_the_fine_tuned_encoder_it_analysed(tmp_path, capsys):
+    torch.manual_seed(0)
+    mae = whitebox.create_model("crate_mae_tiny", **SHAPE, num_classes=3)
+    save_file(mae.encoder.state_dict(), str(tmp_path / "enc.safetensors"))  # what finetune.py's encoder holds
+    shape = [f"{k}={v}" for k, v in SHAPE.items()]
+    common = ["--num-images", "2", "--show", "1", "--model-kwargs", *shape]
+    ckpt = ["--checkpoint", str(tmp_path / "enc.safetensors"), "--out", str(tmp_path / "a")]
+    analysis.main(["crate_mae_tiny", *ckpt, *common, "num_classes=3"])
+    assert "analysed crate_mae_tiny encoder (CRATE classifier) (" in capsys.readouterr().out
+    analysis.main(["crate_mae_tiny", "--out", str(tmp_path / "b"), *common])  # the whole MAE: its own name
+    assert "analysed crate_mae_tiny (random" in capsys.readouterr().out
+
+
 # ----------------------------------------------------------------------------- 6: head warnings
 def test_a_failed_load_says_only_why_and_head_warnings_point_at_the_caller(tmp_path, capsys):
     wide = _weights(tmp_path, embed_dim=96, num_classes=10)

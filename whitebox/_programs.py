@@ -170,8 +170,30 @@ def build_model(args: argparse.Namespace, classifier: bool = True) -> tuple[Any,
             file=sys.stderr,
         )
     if model is not net:
-        name = f"{name} encoder ({type(model).__name__} classifier)"
+        name = part_name(name, model)
     return model.eval(), name
+
+
+def part_name(name: str, model: Any) -> str:
+    """What was built under the registered ``name``: a masked autoencoder's encoder is named as one.
+
+    ``"crate_mae_tiny encoder (CRATE classifier)"``, ``"... (CRATE features)"`` without a head."""
+    return f"{name} encoder ({type(model).__name__} {'classifier' if getattr(model, 'num_classes', 0) else 'features'})"
+
+
+def evaluated_name(name: str, model: Any) -> str:
+    """``name``, or :func:`part_name` when ``model`` is not of the class ``name``'s entrypoint returns (the
+    encoder of a fine-tuned masked autoencoder, which ``create_model(checkpoint_path=...)`` gives)."""
+    import typing
+
+    import timm
+
+    try:
+        entry = timm.models.model_entrypoint(timm.models.get_arch_name(name))
+        cls = typing.get_type_hints(entry).get("return")
+    except (KeyError, RuntimeError, NameError, TypeError, ValueError):  # unknown, hub names, unresolved hints
+        return name
+    return part_name(name, model) if isinstance(cls, type) and not isinstance(model, cls) else name
 
 
 def setup_runtime(args: argparse.Namespace) -> tuple[Any, contextlib.AbstractContextManager]:

@@ -169,7 +169,9 @@ def main(argv: list[str] | None = None) -> int:
     size = model_image_size(model)[0]
     source = read_images(args.images, size, args.num_images)
     images = normalize_images(source.images)
-    name = args.model or model.pretrained_cfg["architecture"]
+    from .._programs import evaluated_name
+
+    name = evaluated_name(args.model or model.pretrained_cfg["architecture"], model)
     provenance = {
         "model": name,
         "weights": "pretrained " + str(model.pretrained_cfg.get("tag") or name)
