@@ -45,7 +45,7 @@ def add_model_args(parser: argparse.ArgumentParser, classifier: bool = True, img
         g.add_argument(
             "--img-size", type=integer(gt=0), metavar="N", help="input resolution (the model is built at it)"
         )
-    add_model_kwargs_arg(g, default={}, help="more create_model arguments, e.g. depth=2 embed_dim=64 (DATA first)")
+    add_model_kwargs_arg(g, default={}, help="more create_model arguments, after DATA")
 
 
 def add_runtime_args(parser: argparse.ArgumentParser, batch_size: int | None = 256) -> argparse._ArgumentGroup:
