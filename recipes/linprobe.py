@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
         def extract(net: torch.nn.Module, prefix: str) -> None:
             for part, dataset in (("train", train_set), ("test", test_set)):
-                label = None if args.no_progress else f"{prefix or 'encoder'} {part} features"
+                label = None if args.no_progress else f"{prefix.rstrip('_') or 'encoder'} {part} features"
                 features[prefix + part], features[prefix + part + "_labels"] = extract_features(
                     net, dataset, img_size, progress=label, **kw
                 )

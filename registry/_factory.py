@@ -331,8 +331,8 @@ def _load_checkpoint(
         if attempt or not follow_head or head is None or head.num_classes is None:
             break
         model = build(num_classes=head.num_classes)  # the caller named no width: the checkpoint's head is the model's
-    for w in caught:
-        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    for w in caught:  # at the line that called create_model
+        warnings.warn(w.message, w.category, stacklevel=3)
     if part:  # a recipe's fine-tuned encoder: the classifier it holds, described as its parent is
         for attr in ("pretrained_cfg", "default_cfg", "pretrained_model_args"):
             setattr(target, attr, getattr(model, attr, None))

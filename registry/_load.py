@@ -14,6 +14,7 @@ import pickle
 import re
 import struct
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -205,23 +206,34 @@ def family_filter(model: nn.Module) -> FilterFn | None:
 
 
 def load_state_dict(
-    model: nn.Module, state_dict: StateDict, source: str = "", filter_fn: FilterFn | None = None, strict: bool = True
+    model: nn.Module,
+    state_dict: StateDict,
+    source: str = "",
+    filter_fn: FilterFn | None = None,
+    strict: bool = True,
+    _stacklevel: int = 2,
 ) -> None:
     """Convert ``state_dict`` with ``filter_fn`` (default: the family's ``checkpoint_filter_fn``) and load it.
 
     The model arguments a checkpoint records (``RecordedStateDict.model_args``) become the model's
     ``pretrained_model_args`` (timm's description of the source checkpoint) before the filter runs, so
-    that it adapts weights from what the file was, not from a guess.
+    that it adapts weights from what the file was, not from a guess. The filter's warnings (a
+    ``HeadAdaptedWarning``) are issued once the load has succeeded, pointing at the caller's line.
     """
     if getattr(state_dict, "model_args", None) is not None:
         model.pretrained_model_args = dict(state_dict.model_args)
+    caught: list[warnings.WarningMessage] = []
     if (filter_fn := filter_fn or family_filter(model)) is not None:
-        state_dict = filter_fn(state_dict, model)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            state_dict = filter_fn(state_dict, model)
     apply_state_dict(model, state_dict, strict=strict, source=source)
+    for w in caught:  # after a load that succeeded (a failed one says only why), at the caller's line
+        warnings.warn(w.message, w.category, stacklevel=_stacklevel)
 
 
 def load_checkpoint(
     model: nn.Module, checkpoint_path: str | os.PathLike[str], filter_fn: FilterFn | None = None, strict: bool = True
 ) -> None:
     """Load a local file into ``model``, converting it with the model family's checkpoint filter."""
-    load_state_dict(model, read_state_dict(checkpoint_path), str(checkpoint_path), filter_fn, strict)
+    load_state_dict(model, read_state_dict(checkpoint_path), str(checkpoint_path), filter_fn, strict, _stacklevel=3)

@@ -447,7 +447,7 @@ def test_bad_input_is_a_named_error(tmp_path, folder, program, args, message):
         (benchmark, ["--bench", "fast"], "argument --bench: must be one of inference, train, both, got 'fast'"),
         (validate, ["x", "--amp-dtype", "float8"], "must be one of float16, bfloat16"),
         (inference, ["x", "--gp", "max"], "argument --gp: must be one of token, avg, got 'max'"),
-        (validate, ["x", "--model-kwargs", "depth"], "must be key=value pairs"),
+        (validate, ["x", "--model-kwargs", "depth"], "or KEY=VALUE words"),
         (inference, ["x", "--workers", "-1"], "argument --workers/-j: must be a whole number >= 0, got '-1'"),
     ],
 )

@@ -8,31 +8,20 @@ functions that need them import them when called.
 from __future__ import annotations
 
 import argparse
-import ast
 import contextlib
 import csv
 import io
 import os
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 # HelpFormatter: every program's formatter lives in whitebox.cli; re-exported for validate / inference / benchmark
-from .cli import HelpFormatter, add_threads_arg, choice, device, integer, start_program  # noqa: F401
+from .cli import HelpFormatter, add_model_kwargs_arg, add_threads_arg, choice, device, integer, start_program  # noqa: F401
 
 AMP_DTYPES = ("float16", "bfloat16")
-
-
-def model_kwarg(text: str) -> tuple[str, Any]:
-    """``key=value`` (timm's ``--model-kwargs``): the value is a Python literal, else a string."""
-    key, sep, value = text.partition("=")
-    if not sep or not key.isidentifier():
-        raise argparse.ArgumentTypeError(f"must be key=value pairs such as depth=2 or global_pool=avg, got {text!r}")
-    try:
-        return key, ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-        return key, value
 
 
 def add_model_args(parser: argparse.ArgumentParser, classifier: bool = True, img_size: bool = False) -> None:
@@ -56,14 +45,7 @@ def add_model_args(parser: argparse.ArgumentParser, classifier: bool = True, img
         g.add_argument(
             "--img-size", type=integer(gt=0), metavar="N", help="input resolution (the model is built at it)"
         )
-    g.add_argument(
-        "--model-kwargs",
-        nargs="*",
-        type=model_kwarg,
-        default=[],
-        metavar="KEY=VALUE",
-        help="more create_model arguments, e.g. depth=2 embed_dim=64 (put DATA before this flag)",
-    )
+    add_model_kwargs_arg(g, default={}, help="more create_model arguments, after DATA")
 
 
 def add_runtime_args(parser: argparse.ArgumentParser, batch_size: int | None = 256) -> argparse._ArgumentGroup:
@@ -92,7 +74,8 @@ def add_data_args(parser: argparse.ArgumentParser, labelled: bool) -> argparse._
         "data",
         nargs="?",
         metavar="DATA",
-        help=f"{what}: a folder (class sub-folders{'' if labelled else ' or images'}), an .npz file, 'cifar10'"
+        help=f"{what}: a folder (class sub-folders{'' if labelled else ' or images'}), an .npz file, 'cifar10', "
+        "hf:NAME[:SPLIT] / hf:PATH (Hugging Face datasets), wds:PATTERN (WebDataset shards, read in order)"
         + ("" if labelled else ", or one image file"),
     )
     g = parser.add_argument_group("data")
@@ -100,8 +83,11 @@ def add_data_args(parser: argparse.ArgumentParser, labelled: bool) -> argparse._
     g.add_argument(
         "--split",
         metavar="NAME",
-        help="a sub-folder or .npz split (unset: a val, validation or test sub-folder / split if present, else all)",
+        help="a sub-folder, .npz or hf: split (unset: a val, validation or test sub-folder / split if present, "
+        "else all)",
     )
+    g.add_argument("--image-column", metavar="NAME", help="hf: the image column (unset: the one of Image type)")
+    g.add_argument("--label-column", metavar="NAME", help="hf: the label column (unset: the ClassLabel one)")
     g.add_argument(
         "--workers", "-j", type=integer(ge=0), metavar="N", help="loader processes (default: 0 on CPU, 4 on GPU)"
     )
@@ -118,12 +104,16 @@ PREPROCESSING_FLAGS = ("crop_pct", "crop_mode", "interpolation", "mean", "std")
 def build_model(args: argparse.Namespace, classifier: bool = True) -> tuple[Any, str]:
     """The model the flags name (a masked autoencoder's encoder when a classifier is wanted) and its name.
 
+    The name says what was built: the registered (or checkpoint-recorded) name, and for a masked
+    autoencoder's encoder ``"NAME encoder (CLASS classifier)"`` (``crate_mae_tiny encoder (CRATE classifier)``).
+
     A recipe checkpoint's recorded preprocessing overrides (``--crop-pct`` etc. of ``finetune.py``) fill the
     same flags of ``args`` that the command line left unset, so a fine-tuned model is evaluated as it was.
 
     Raises ValueError (no model named, unknown name, no classifier head), OSError (weights unreadable).
     """
     from registry import (
+        HeadAdaptedWarning,
         checkpoint_model,
         create_model,
         load_state_dict,
@@ -134,7 +124,7 @@ def build_model(args: argparse.Namespace, classifier: bool = True) -> tuple[Any,
 
     from .models import MaskedAutoencoder
 
-    kwargs: dict[str, Any] = dict(args.model_kwargs)
+    kwargs: dict[str, Any] = dict(args.model_kwargs or {})
     for key in ("num_classes", "img_size", "gp"):
         if getattr(args, key, None) is not None:
             kwargs["global_pool" if key == "gp" else key] = getattr(args, key)
@@ -161,7 +151,14 @@ def build_model(args: argparse.Namespace, classifier: bool = True) -> tuple[Any,
     if ckpt is not None:
         state = unwrap_state_dict(ckpt, args.checkpoint)
         encoder_only = model is not net and not any(k.startswith("encoder.") for k in state)
-        load_state_dict(model if encoder_only else net, state, args.checkpoint)
+        with warnings.catch_warnings(record=True) as caught:  # dropped when the load fails: the error says it all
+            warnings.simplefilter("always", HeadAdaptedWarning)
+            load_state_dict(model if encoder_only else net, state, args.checkpoint)
+        for w in caught:
+            if isinstance(w.message, HeadAdaptedWarning):
+                print(f"warning: {w.message}", file=sys.stderr)  # a program's warning: one line, no source path
+            else:
+                warnings.warn(w.message, w.category, stacklevel=2)
     if classifier and not getattr(model, "num_classes", 0):
         raise ValueError(
             f"{name} has no classifier head (a masked autoencoder or num_classes=0); give --num-classes N with a "
@@ -172,7 +169,31 @@ def build_model(args: argparse.Namespace, classifier: bool = True) -> tuple[Any,
             f"warning: neither --pretrained nor --checkpoint: {name} has randomly initialised weights",
             file=sys.stderr,
         )
+    if model is not net:
+        name = part_name(name, model)
     return model.eval(), name
+
+
+def part_name(name: str, model: Any) -> str:
+    """What was built under the registered ``name``: a masked autoencoder's encoder is named as one.
+
+    ``"crate_mae_tiny encoder (CRATE classifier)"``, ``"... (CRATE features)"`` without a head."""
+    return f"{name} encoder ({type(model).__name__} {'classifier' if getattr(model, 'num_classes', 0) else 'features'})"
+
+
+def evaluated_name(name: str, model: Any) -> str:
+    """``name``, or :func:`part_name` when ``model`` is not of the class ``name``'s entrypoint returns (the
+    encoder of a fine-tuned masked autoencoder, which ``create_model(checkpoint_path=...)`` gives)."""
+    import typing
+
+    import timm
+
+    try:
+        entry = timm.models.model_entrypoint(timm.models.get_arch_name(name))
+        cls = typing.get_type_hints(entry).get("return")
+    except (KeyError, RuntimeError, NameError, TypeError, ValueError):  # unknown, hub names, unresolved hints
+        return name
+    return part_name(name, model) if isinstance(cls, type) and not isinstance(model, cls) else name
 
 
 def setup_runtime(args: argparse.Namespace) -> tuple[Any, contextlib.AbstractContextManager]:
@@ -202,10 +223,13 @@ def data_path(args: argparse.Namespace) -> str:
     if args.data and args.data_dir and args.data != args.data_dir:
         raise ValueError(f"give the images once: DATA {args.data!r} or --data-dir {args.data_dir!r}")
     if not data:
-        raise ValueError("give the images: DATA (a folder, an .npz file, 'cifar10' or an image file)")
-    if data.lower() != "cifar10" and not Path(data).exists():
+        raise ValueError("give the images: DATA (a folder, an .npz file, 'cifar10', hf:..., wds:... or an image file)")
+    if data.lower() != "cifar10" and not data.startswith(STREAM_PREFIXES) and not Path(data).exists():
         raise ValueError(f"DATA {data}: no such file or folder")
     return data
+
+
+STREAM_PREFIXES = ("hf:", "wds:")  # sources build_dataset reads by name, not as a local path
 
 
 def _default_split(path: Path) -> str | None:
@@ -223,14 +247,30 @@ def _default_split(path: Path) -> str | None:
 
 
 def load_images(
-    data: str, split: str | None, data_root: str = "data", download: bool = False
-) -> tuple[Any, Path | None]:
-    """The base dataset (PIL image, label) of DATA and the folder its file names are relative to."""
+    data: str,
+    split: str | None,
+    data_root: str = "data",
+    download: bool = False,
+    image_column: str | None = None,
+    label_column: str | None = None,
+) -> tuple[Any, Path | None, str | None]:
+    """The base dataset (PIL image, label) of DATA, the folder its file names are relative to, and the split used.
+
+    DATA is any source the recipes read (``whitebox.data.build_dataset``); unset, ``split`` is a val,
+    validation or test sub-folder / split when there is one, else the whole source. A ``wds:`` stream is
+    read in shard order.
+    """
     from .train.data import build_dataset
 
+    if data.startswith("hf:"):
+        return _load_hf(data, split, image_column, label_column), None, None
+    if data.startswith("wds:"):
+        if split is not None:
+            raise ValueError(f"--split {split}: DATA {data} is one stream of shards, not a set of splits")
+        return WdsItems(build_dataset(data, None)), None, None
     if data.lower() == "cifar10":
         try:
-            return build_dataset("cifar10", split or "test", download, data_root), None
+            return build_dataset("cifar10", split or "test", download, data_root), None, split or "test"
         except RuntimeError as err:  # torchvision: "Dataset not found or corrupted"
             raise ValueError(
                 f"DATA cifar10: not found under --data-root {data_root} ({err}); pass --download, or point "
@@ -238,9 +278,10 @@ def load_images(
             ) from err
     path = Path(data)
     if path.is_file() and path.suffix != ".npz":
-        return SingleImage(path), path.parent
+        return SingleImage(path), path.parent, None
+    used = split
     if split is None:
-        split = _default_split(path)
+        split = used = _default_split(path)
         if path.is_dir() and split is not None:
             path = path / split
         if path.is_dir():
@@ -250,7 +291,51 @@ def load_images(
             subs = sorted(p.name for p in path.iterdir() if p.is_dir())
             raise ValueError(f"--split {split}: {path} has no sub-folder {split!r} (it has {subs or 'none'})")
         path, split = path / split, None
-    return build_dataset(str(path), split), path if path.is_dir() else None
+    return build_dataset(str(path), split), path if path.is_dir() else None, used
+
+
+def _load_hf(data: str, split: str | None, image_column: str | None, label_column: str | None) -> Any:
+    """``hf:`` DATA: ``split``, else a val / validation / test split when there is one, else its only split."""
+    from .data import build_dataset
+
+    options = dict(image_column=image_column, label_column=label_column)
+    if split is not None:
+        return build_dataset(data, split, **options)
+    try:
+        return build_dataset(data, "val", **options)  # load_hf falls back to validation, then test
+    except ValueError as err:
+        if "holds one split" not in str(err) and "has no split" not in str(err):
+            raise
+    return build_dataset(data, None, **options)  # one split (or hf:NAME:SPLIT): the whole of it
+
+
+def source_split(base: Any, used: str | None) -> str | None:
+    """The split a dataset of :func:`load_images` holds (an hf: dataset names it in its description)."""
+    source = getattr(base, "source", None)
+    if used is None and isinstance(source, str) and " split " in source:
+        return source.rsplit(" split ", 1)[1]
+    return used
+
+
+class WdsItems:
+    """A ``wds:`` source as indexed ``(PIL image, label)`` items, in shard order (the evaluation order)."""
+
+    def __init__(self, source: Any) -> None:
+        self.source = source
+        self.entries = [e for entries in source.index for e in entries]
+        self.labels = source.labels
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getitem__(self, i: int) -> tuple[Any, int]:
+        from .data.base import open_image
+
+        e = self.entries[i]
+        return open_image(self.source.read(e)), int(self.labels[i])
+
+    def describe(self, i: int) -> str:
+        return self.source.describe(self.entries[i].key)
 
 
 class SingleImage:

@@ -32,14 +32,14 @@ from ._programs import (
     setup_runtime,
     write_results,
 )
-from .cli import choice, integer
+from .cli import choice, integer, program_name
 
 BENCHES = ("inference", "train", "both")
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m whitebox.benchmark",
+        prog=program_name("whitebox.benchmark"),
         description="Images per second, step time, peak memory and GFLOP per image of a registered model.",
         formatter_class=HelpFormatter,
     )

@@ -18,6 +18,8 @@ with another value of it, while any other changed flag is refused unless ``--for
 from __future__ import annotations
 
 import argparse
+import ast
+import json
 import math
 import re
 import sys
@@ -27,20 +29,23 @@ from pathlib import Path
 __all__ = [
     "DEVICE_PATTERN",
     "HelpFormatter",
+    "add_model_kwargs_arg",
     "add_threads_arg",
     "answering_help",
     "choice",
     "device",
     "help_requested",
     "integer",
+    "model_kwargs",
     "number",
+    "program_name",
     "quiet_interrupts",
     "require",
     "running_program",
     "start_program",
 ]
 
-DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|(cuda|xpu)(:\d+)?)$")
+DEVICE_PATTERN = re.compile(r"^(auto|(cpu|mps|cuda|xpu)(:\d+)?)$")
 
 
 def _bounds(gt: float | None, ge: float | None, lt: float | None, le: float | None) -> str:
@@ -97,10 +102,99 @@ def integer(
 
 
 def device(text: str) -> str:
-    """``auto``, ``cpu``, ``mps``, ``cuda``, ``cuda:N``, ``xpu`` or ``xpu:N`` (availability is checked later)."""
+    """``auto``, or ``cpu``, ``mps``, ``cuda``, ``xpu`` with an optional ``:N`` (as torch takes them; availability
+    is checked later)."""
     if not DEVICE_PATTERN.match(text):
-        raise argparse.ArgumentTypeError(f"must be auto, cpu, cuda, cuda:N, mps, xpu or xpu:N, got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"must be auto, cpu, cuda, cuda:N, mps, xpu or xpu:N (any device with :N, e.g. cpu:0), got {text!r}"
+        )
     return text
+
+
+def _no_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a JSON number (RFC 8259); model arguments must be finite")
+
+
+def _finite(v: object) -> bool:
+    if isinstance(v, float):
+        return math.isfinite(v)
+    if isinstance(v, (list, tuple, dict)):
+        return all(_finite(x) for x in (v.values() if isinstance(v, dict) else v))
+    return True
+
+
+def _literal(text: str) -> object:
+    """A KEY=VALUE value: JSON (``true``, ``null``, ``[1, 2]``), else a Python literal, else the string."""
+    try:
+        return json.loads(text, parse_constant=_no_constant)
+    except ValueError:
+        pass
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return text  # a bare word: global_pool=avg
+
+
+def model_kwargs(text: str) -> dict[str, object]:
+    """One word of ``--model-kwargs``: a JSON object (``'{"depth": 2}'``) or ``KEY=VALUE`` (``depth=2``).
+
+    A VALUE is read as JSON, else as a Python literal, else kept as a string (``global_pool=avg``).
+    Non-finite numbers (``NaN``, ``Infinity``, ``1e999``) are refused: model arguments must be finite.
+    Raises ``argparse.ArgumentTypeError`` naming both allowed forms.
+    """
+    if text.strip().startswith(("{", "[")):
+        try:
+            value = json.loads(text, parse_constant=_no_constant)
+        except json.JSONDecodeError as err:
+            raise argparse.ArgumentTypeError(f"not valid JSON ({err}): {text!r}") from None
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(f"{err}: {text!r}") from None
+        if not isinstance(value, dict):
+            raise argparse.ArgumentTypeError(
+                f"expected a JSON object such as '{{\"lambd\": 5.0}}', or KEY=VALUE words, got {text!r}"
+            )
+    else:
+        key, sep, raw = text.partition("=")
+        if not sep or not key.isidentifier():
+            raise argparse.ArgumentTypeError(
+                f"must be a JSON object ('{{\"depth\": 2}}') or KEY=VALUE words (depth=2 global_pool=avg), got {text!r}"
+            )
+        value = {key: _literal(raw)}
+    if big := [k for k, v in value.items() if not _finite(v)]:  # 1e999 reads as inf
+        raise argparse.ArgumentTypeError(f"{', '.join(big)}: not a finite number: {text!r}")
+    return value
+
+
+class _MergeKwargs(argparse.Action):
+    """Merges the words of ``--model-kwargs`` (and repeated flags) into one dict; later keys win."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values, option_string=None):
+        merged = dict(getattr(namespace, self.dest, None) or {})
+        for part in values or []:
+            merged.update(part)
+        setattr(namespace, self.dest, merged)
+
+
+def add_model_kwargs_arg(
+    group: argparse.ArgumentParser | argparse._ArgumentGroup,
+    *aliases: str,
+    default: dict[str, object] | None = None,
+    help: str = "more create_model arguments",
+) -> argparse.Action:
+    """``--model-kwargs`` in every program: a JSON object or ``KEY=VALUE`` words, merged into one dict.
+
+    ``--model-kwargs '{"depth": 2}'`` and ``--model-kwargs depth=2 global_pool=avg`` give the same dict;
+    it takes every word that follows it (give positional arguments before it)."""
+    return group.add_argument(
+        "--model-kwargs",
+        *aliases,
+        nargs="*",
+        type=model_kwargs,
+        action=_MergeKwargs,
+        default=default,
+        metavar="KEY=VALUE",
+        help=help + " (KEY=VALUE words, values read as JSON / Python literals, or one JSON object)",
+    )
 
 
 def choice(allowed: Sequence[str]) -> Callable[[str], str]:
@@ -150,7 +244,7 @@ class HelpFormatter(argparse.HelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        unset = action.default is None or action.default is False or action.default in ([], "", argparse.SUPPRESS)
+        unset = action.default is None or action.default is False or action.default in ([], {}, "", argparse.SUPPRESS)
         if "default" in text or unset or not action.option_strings:
             return text
         return text + " (default: %(default)s)"
@@ -173,6 +267,18 @@ def add_threads_arg(group: argparse.ArgumentParser | argparse._ArgumentGroup) ->
 MODULE_PROGRAMS = ("validate", "inference", "benchmark", "analysis", "flops", "convert")
 RECIPES = ("pretrain", "finetune", "linprobe")
 _HELP = ("-h", "--h", "--he", "--hel", "--help")  # argparse accepts --help's prefixes
+
+
+def program_name(module: str, argv0: str | None = None) -> str:
+    """The usage line's name of a ``python -m MODULE`` program: what the user typed.
+
+    ``whitebox-validate`` when run as that console script (``argv0``: ``sys.argv[0]``), else
+    ``python -m MODULE`` (argparse's own guess would be ``validate.py`` or ``__main__.py``)."""
+    argv0 = (sys.argv[0] if sys.argv else "") if argv0 is None else argv0
+    name = Path(argv0).name
+    if name.startswith("whitebox-"):
+        return name.removesuffix(".exe")
+    return f"python -m {module}"
 
 
 def help_requested(args: Sequence[str]) -> bool:

@@ -16,10 +16,10 @@ from typing import Any
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .cli import HelpFormatter, add_threads_arg
+    from .cli import HelpFormatter, add_threads_arg, program_name
 
     p = argparse.ArgumentParser(
-        prog="python -m whitebox.convert", description=__doc__.splitlines()[0], formatter_class=HelpFormatter
+        prog=program_name("whitebox.convert"), description=__doc__.splitlines()[0], formatter_class=HelpFormatter
     )
     p.add_argument("checkpoint", help="the official .pth file (or any checkpoint the family filter reads)")
     p.add_argument("outdir", help="output folder (created; existing files are replaced atomically)")

@@ -145,10 +145,10 @@ def count_flops(model: nn.Module, img_size: int | tuple[int, int] | None = None,
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .cli import HelpFormatter, add_threads_arg, choice, integer
+    from .cli import HelpFormatter, add_threads_arg, choice, integer, program_name
 
     p = argparse.ArgumentParser(
-        prog="python -m whitebox.flops",
+        prog=program_name("whitebox.flops"),
         description="Print the analytic FLOP count of a registered model, per image.",
         formatter_class=HelpFormatter,
     )

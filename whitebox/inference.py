@@ -38,7 +38,7 @@ from ._programs import (
     setup_runtime,
     write_results,
 )
-from .cli import choice, integer
+from .cli import choice, integer, program_name
 from .data_config import add_eval_transform_args, eval_overrides, resolve_eval_config
 
 LABEL_TYPES = ("description", "name", "detailed", "none")
@@ -46,7 +46,7 @@ LABEL_TYPES = ("description", "name", "detailed", "none")
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m whitebox.inference",
+        prog=program_name("whitebox.inference"),
         description="The top-k classes of every image, with class names, to stdout and to a CSV or JSON file.",
         formatter_class=HelpFormatter,
     )
@@ -120,7 +120,7 @@ def infer(args: argparse.Namespace) -> list[dict[str, Any]]:
         )
     names = class_names(model, num_outputs, args.class_map, args.label_type)
     config = resolve_eval_config(model, **eval_overrides(args))
-    base, root = load_images(data, args.split, args.data_root, args.download)
+    base, root, _ = load_images(data, args.split, args.data_root, args.download, args.image_column, args.label_column)
     model = model.to(dev)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)

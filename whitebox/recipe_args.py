@@ -14,7 +14,7 @@ import json
 import math
 from typing import Any
 
-from .cli import HelpFormatter, add_threads_arg, choice, device, free, integer, number, seed
+from .cli import HelpFormatter, add_model_kwargs_arg, add_threads_arg, choice, device, free, integer, number, seed
 from .data_config import add_eval_transform_args
 
 __all__ = [
@@ -73,13 +73,7 @@ def add_model_shape_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--num-heads", type=positive, default=None, metavar="H", help="attention heads")
     g.add_argument("--decoder-depth", type=positive, default=None, metavar="L", help="MAE decoder layers")
     g.add_argument("--decoder-num-heads", type=positive, default=None, metavar="H", help="MAE decoder heads")
-    g.add_argument(
-        "--model-kwargs",
-        type=json_object,
-        default=None,
-        metavar="JSON",
-        help="extra model kwargs as JSON, e.g. '{\"lambd\": 5.0}'",
-    )
+    add_model_kwargs_arg(g, help="extra model kwargs, e.g. lambd=5.0 or '{\"lambd\": 5.0}'")
 
 
 def _no_constant(name: str) -> float:

@@ -41,15 +41,16 @@ from ._programs import (
     results_format,
     run_program,
     setup_runtime,
+    source_split,
     write_results,
 )
-from .cli import choice, integer
+from .cli import choice, integer, program_name
 from .data_config import add_eval_transform_args, eval_overrides, resolve_eval_config
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m whitebox.validate",
+        prog=program_name("whitebox.validate"),
         description="Top-1, top-5 and loss of a classifier on labelled images, preprocessed as its record says.",
         formatter_class=HelpFormatter,
     )
@@ -132,7 +133,7 @@ def validate(args: argparse.Namespace) -> dict[str, Any]:
     scored = len(valid) if valid else num_outputs
     names = read_class_map(args.class_map, scored) if args.class_map else None
     config = resolve_eval_config(model, **eval_overrides(args))
-    base, _ = load_images(data, args.split, args.data_root, args.download)
+    base, _, split = load_images(data, args.split, args.data_root, args.download, args.image_column, args.label_column)
     labels = dataset_labels(base, f"DATA {data}")
     lookup = torch.as_tensor(_label_lookup(base, labels, names, scored, data))
     model = model.to(dev)
@@ -171,6 +172,7 @@ def validate(args: argparse.Namespace) -> dict[str, Any]:
     top1, top5 = (100 * stats[:2] / seen).tolist()
     results = {
         "model": name,
+        "architecture": type(model).__name__,
         "top1": round(top1, 4),
         "top1_err": round(100 - top1, 4),
         "top5": round(top5, 4),
@@ -187,7 +189,7 @@ def validate(args: argparse.Namespace) -> dict[str, Any]:
         "num_images": seen,
         "num_classes": scored,
         "data": data,
-        "split": args.split,
+        "split": source_split(base, split),
         "checkpoint": args.checkpoint,
         "pretrained": args.pretrained,
         "device": str(dev),

@@ -3,9 +3,9 @@
 Example (a tiny random model, seconds on a CPU)::
 
     python -m whitebox.analysis crate_mae_tiny --out report/ \\
-        --model-args img_size=32 patch_size=8 embed_dim=64 depth=2 num_heads=4
+        --model-kwargs img_size=32 patch_size=8 embed_dim=64 depth=2 num_heads=4
 
-Name the model first: ``--model-args`` and ``--images`` take every word that follows them.
+Name the model first: ``--model-kwargs`` (old name ``--model-args``) and ``--images`` take every word that follows them.
 
 ``--images`` takes image files, folders (recursively), ``.npz`` packs in the recipes' formats
 (``FILE.npz:SPLIT`` for a file with splits) or ``samples``; without it the bundled sample photos are
@@ -18,13 +18,21 @@ checked before any work starts; a bad one ends with ``error: ...`` naming the fl
 from __future__ import annotations
 
 import argparse
-import ast
 import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..cli import HelpFormatter, add_threads_arg, integer, number, start_program
+from ..cli import (
+    HelpFormatter,
+    add_model_kwargs_arg,
+    add_threads_arg,
+    integer,
+    model_kwargs,
+    number,
+    program_name,
+    start_program,
+)
 from ..cli import device as device_type
 
 if TYPE_CHECKING:
@@ -34,22 +42,19 @@ SAMPLE_DATA = (None, "", "samples")
 
 
 def parse_model_args(pairs: list[str]) -> dict[str, Any]:
-    """``['depth=2', 'eta=0.1', 'norm_pix_loss=True']`` -> kwargs (values parsed as Python literals)."""
+    """``['depth=2', 'eta=0.1', 'global_pool=avg']`` -> kwargs, as ``--model-kwargs`` reads them (``whitebox.cli``)."""
     out: dict[str, Any] = {}
     for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.isidentifier():
-            raise ValueError(f"--model-args takes KEY=VALUE pairs (KEY a Python name), got {pair!r}")
         try:
-            out[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            out[key] = value  # a bare word, e.g. global_pool=avg
+            out.update(model_kwargs(pair))
+        except argparse.ArgumentTypeError as err:
+            raise ValueError(f"--model-args takes KEY=VALUE pairs (KEY a Python name) or JSON: {err}") from None
     return out
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m whitebox.analysis",
+        prog=program_name("whitebox.analysis"),
         description="Measure every layer's compression and sparsity and draw attention, PCA and reconstructions.",
         formatter_class=HelpFormatter,
     )
@@ -64,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
         "gives the model and its arguments",
     )
     m.add_argument("--pretrained", action="store_true", help="load the registered pretrained weights")
-    m.add_argument("--model-args", nargs="*", default=[], metavar="KEY=VALUE", help="arguments for create_model")
+    add_model_kwargs_arg(m, "--model-args", default={}, help="arguments for create_model (--model-args: the old name)")
     d = p.add_argument_group("data")
     d.add_argument(
         "--images",
@@ -147,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.model and Path(args.model).is_file():
         raise ValueError(f"{args.model} is a file: name the architecture and pass the file as --checkpoint")
     device = _device(args.device)
-    model_args = parse_model_args(args.model_args)
+    model_args = dict(args.model_kwargs or {})
     check_specs(args.images)  # unreadable --images are refused before a model is built
     record = _recipe_record(args.checkpoint)
     trained_on = record.get("data")
@@ -164,7 +169,9 @@ def main(argv: list[str] | None = None) -> int:
     size = model_image_size(model)[0]
     source = read_images(args.images, size, args.num_images)
     images = normalize_images(source.images)
-    name = args.model or model.pretrained_cfg["architecture"]
+    from .._programs import evaluated_name
+
+    name = evaluated_name(args.model or model.pretrained_cfg["architecture"], model)
     provenance = {
         "model": name,
         "weights": "pretrained " + str(model.pretrained_cfg.get("tag") or name)

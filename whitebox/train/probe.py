@@ -91,9 +91,19 @@ def extract_features(
 
 
 def _progress(loader: Iterable[dict[str, Any]], label: str | None, total: int) -> Any:
-    """Batches of ``loader``, with a tqdm bar counting images when ``label`` is given and tqdm installed."""
+    """Batches of ``loader``, with a tqdm bar counting images when ``label`` is given and tqdm installed.
+
+    On a terminal the bar redraws in place; elsewhere (a log file, a pipe), where each redraw would stay as
+    its own line (the 100% line twice: the last update and the close), one line is printed at the end."""
     if label is None:
         yield from loader
+        return
+    if not sys.stderr.isatty():
+        start, seen = time.perf_counter(), 0
+        for batch in loader:
+            yield batch
+            seen += len(batch["label"])
+        print(f"{label}: {seen} images in {time.perf_counter() - start:.1f} s", file=sys.stderr)
         return
     try:
         from tqdm import tqdm
