@@ -269,13 +269,8 @@ def load_images(
             raise ValueError(f"--split {split}: DATA {data} is one stream of shards, not a set of splits")
         return WdsItems(build_dataset(data, None)), None, None
     if data.lower() == "cifar10":
-        try:
-            return build_dataset("cifar10", split or "test", download, data_root), None, split or "test"
-        except RuntimeError as err:  # torchvision: "Dataset not found or corrupted"
-            raise ValueError(
-                f"DATA cifar10: not found under --data-root {data_root} ({err}); pass --download, or point "
-                "--data-root at the folder that holds cifar-10-batches-py"
-            ) from err
+        # a missing copy is the data layer's named error (where it looked, --download, --data-root)
+        return build_dataset("cifar10", split or "test", download, data_root), None, split or "test"
     path = Path(data)
     if path.is_file() and path.suffix != ".npz":
         return SingleImage(path), path.parent, None
