@@ -27,6 +27,7 @@ from ..layers import ConvStemPatchEmbed, TokenStatisticsAttention, TokenStatisti
 from ._adapt import adapt_state_dict, clean_state_dict, rename_all
 from ._args import MAX_DEPTH, check_float, check_image_size, check_int, check_rates, check_width
 from ._encoder import GlobalPool, TokenEncoder
+from ._official import cbsa_repo_to_native
 
 __all__ = ["ClassAttentionBlock", "FourierPosEmbed", "ToST", "ToSTBlock", "WhiteBoxToST"]
 
@@ -587,31 +588,14 @@ def tost_official_to_native(state_dict: dict[str, torch.Tensor]) -> dict[str, to
 def whitebox_tost_official_to_native(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The CBSA authors' white-box ToST keys (``models.py``: ``to_patch_embedding.proj``, ``pos_embedding``,
     ``transformer.layers.i.{0,1}`` with ``PreNorm`` around ``TSSA`` / ``ISTA``, ``mlp_head``) -> ``WhiteBoxToST``."""
-    fixed = {
-        "pos_embedding": "pos_embed",
-        "cls_token": "cls_token",
-        "mlp_head.0.weight": "fc_norm.weight",
-        "mlp_head.0.bias": "fc_norm.bias",
-        "mlp_head.1.weight": "head.weight",
-        "mlp_head.1.bias": "head.bias",
+    attn = {
+        "qkv.weight": "attn.qkv.weight",
+        "qkv.bias": "attn.qkv.bias",
+        "temp": "attn.temperature",
+        "to_out.weight": "attn.proj.weight",
+        "to_out.bias": "attn.proj.bias",
     }
-    attn = {"qkv.weight": "qkv.weight", "qkv.bias": "qkv.bias", "temp": "temperature"}
-    attn |= {"to_out.weight": "proj.weight", "to_out.bias": "proj.bias"}
-
-    def rename(k: str) -> str | None:
-        if k in fixed:
-            return fixed[k]
-        if m := re.fullmatch(r"to_patch_embedding\.(proj\.\d+\.[01]\.\w+)", k):
-            return f"patch_embed.{m.group(1)}"
-        if m := re.fullmatch(r"transformer\.layers\.(\d+)\.([01])\.norm\.(weight|bias)", k):
-            return f"blocks.{m.group(1)}.norm{int(m.group(2)) + 1}.{m.group(3)}"
-        if (m := re.fullmatch(r"transformer\.layers\.(\d+)\.0\.fn\.(.+)", k)) and m.group(2) in attn:
-            return f"blocks.{m.group(1)}.attn.{attn[m.group(2)]}"
-        if m := re.fullmatch(r"transformer\.layers\.(\d+)\.1\.fn\.weight", k):
-            return f"blocks.{m.group(1)}.ista.weight"
-        return None
-
-    return rename_all(state_dict, rename, "official white-box ToST")
+    return cbsa_repo_to_native(state_dict, attn, "official white-box ToST")
 
 
 def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
