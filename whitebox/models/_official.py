@@ -24,6 +24,17 @@ __all__ = [
     "vit_mae_official_to_native",
 ]
 
+# the keys outside the blocks in lucidrains' vit-pytorch ``ViT``, which the CRATE, CRATE-alpha and CBSA
+# repositories keep: learned positions, class token, ``mlp_head = Sequential(LayerNorm, Linear)``
+_VIT_PYTORCH_KEYS = {
+    "pos_embedding": "pos_embed",
+    "cls_token": "cls_token",
+    "mlp_head.0.weight": "fc_norm.weight",
+    "mlp_head.0.bias": "fc_norm.bias",
+    "mlp_head.1.weight": "head.weight",
+    "mlp_head.1.bias": "head.bias",
+}
+
 
 def is_official_crate(state_dict: dict[str, torch.Tensor]) -> bool:
     return any(k.startswith(("transformer.layers.", "to_patch_embedding.")) for k in state_dict)
@@ -32,14 +43,7 @@ def is_official_crate(state_dict: dict[str, torch.Tensor]) -> bool:
 def crate_official_to_native(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Official supervised CRATE keys (``model/crate.py``: ``to_patch_embedding.{1,2,3}``, ``pos_embedding``,
     ``transformer.layers.i.{0,1}`` with ``PreNorm``, ``mlp_head.{0,1}``) -> ``CRATE`` keys."""
-    fixed = {
-        "pos_embedding": "pos_embed",
-        "cls_token": "cls_token",
-        "mlp_head.0.weight": "fc_norm.weight",
-        "mlp_head.0.bias": "fc_norm.bias",
-        "mlp_head.1.weight": "head.weight",
-        "mlp_head.1.bias": "head.bias",
-    }
+    fixed = _VIT_PYTORCH_KEYS
     embed = {"1": "patch_embed.norm_in", "2": "patch_embed.proj", "3": "patch_embed.norm_out"}
 
     def rename(k: str) -> str | None:
@@ -66,14 +70,7 @@ def cbsa_repo_to_native(
     (after ``blocks.i.``); an attention leaf not in it is dropped. ``what`` names the layout in errors
     (``rename_all``).
     """
-    fixed = {
-        "pos_embedding": "pos_embed",
-        "cls_token": "cls_token",
-        "mlp_head.0.weight": "fc_norm.weight",
-        "mlp_head.0.bias": "fc_norm.bias",
-        "mlp_head.1.weight": "head.weight",
-        "mlp_head.1.bias": "head.bias",
-    }
+    fixed = _VIT_PYTORCH_KEYS
 
     def rename(k: str) -> str | None:
         if k in fixed:
@@ -126,16 +123,7 @@ def is_official_crate_alpha(state_dict: dict[str, torch.Tensor]) -> bool:
 def crate_alpha_official_to_native(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Official keys (``torch_inference/model/crate_alpha.py``: ``conv1``, ``pos_embedding``, ``cls_token``,
     ``transformer.layers.i.{0,1}`` with ``PreNorm``, ``mlp_head.{0,1}``) -> ``CrateAlpha`` keys."""
-    fixed = {
-        "conv1.weight": "patch_embed.proj.weight",
-        "conv1.bias": "patch_embed.proj.bias",
-        "pos_embedding": "pos_embed",
-        "cls_token": "cls_token",
-        "mlp_head.0.weight": "fc_norm.weight",
-        "mlp_head.0.bias": "fc_norm.bias",
-        "mlp_head.1.weight": "head.weight",
-        "mlp_head.1.bias": "head.bias",
-    }
+    fixed = {"conv1.weight": "patch_embed.proj.weight", "conv1.bias": "patch_embed.proj.bias", **_VIT_PYTORCH_KEYS}
 
     def rename(k: str) -> str | None:
         if k in fixed:
