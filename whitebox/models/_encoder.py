@@ -21,6 +21,28 @@ from ._args import MAX_DEPTH, check_image_size, check_int, check_rates, check_wi
 GlobalPool = Literal["token", "avg", ""]
 
 
+def take_block_indices(num_blocks: int, indices: int | list[int] | None) -> tuple[list[int], int]:
+    """Block indices as timm takes them (``None``: all, an int n: the last n, a list: those, negatives
+    counted from the end) -> (the indices in [0, num_blocks), the largest of them).
+
+    Raises:
+        ValueError: an int outside [1, num_blocks], or a list that is empty, holds a non-integer, or holds
+            an index outside [-num_blocks, num_blocks - 1].
+    """
+    n = num_blocks
+    if indices is None:
+        return list(range(n)), n - 1
+    if isinstance(indices, int) and not isinstance(indices, bool):
+        if not 0 < indices <= n:
+            raise ValueError(f"indices as an int takes the last n blocks: 1 <= n <= {n}, got {indices}")
+        return list(range(n - indices, n)), n - 1
+    wanted = list(indices)
+    if not wanted or any(isinstance(i, bool) or not isinstance(i, int) or not -n <= i < n for i in wanted):
+        raise ValueError(f"block indices must be in [{-n}, {n - 1}], got {wanted} (a non-empty list of integers)")
+    take = [i % n for i in wanted]
+    return take, max(take)
+
+
 class TokenEncoder(nn.Module):
     """Patch embedding, class token, position table, a stack of blocks, and a classifier head.
 
@@ -256,26 +278,11 @@ class TokenEncoder(nn.Module):
         """Images (B, C, H, W) -> logits (B, num_classes) (or pooled features when there is no head)."""
         return self.forward_head(self.forward_features(x))
 
-    def _take_indices(self, indices: int | list[int] | None) -> tuple[list[int], int]:
-        """Block indices as timm takes them (``None``: all, an int n: the last n, a list: those), and the last."""
-        n = len(self.blocks)
-        if indices is None:
-            return list(range(n)), n - 1
-        if isinstance(indices, int) and not isinstance(indices, bool):
-            if not 0 < indices <= n:
-                raise ValueError(f"indices as an int takes the last n blocks: 1 <= n <= {n}, got {indices}")
-            return list(range(n - indices, n)), n - 1
-        wanted = list(indices)
-        if not wanted or any(isinstance(i, bool) or not isinstance(i, int) or not -n <= i < n for i in wanted):
-            raise ValueError(f"block indices must be in [{-n}, {n - 1}], got {wanted} (a non-empty list of integers)")
-        take = [i % n for i in wanted]
-        return take, max(take)
-
     def prune_intermediate_layers(
         self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True
     ) -> list[int]:
         """Drop the blocks after the last of ``indices`` (and the norm / head), as timm's ViT does."""
-        take_indices, max_index = self._take_indices(indices)
+        take_indices, max_index = take_block_indices(len(self.blocks), indices)
         self.blocks = self.blocks[: max_index + 1]
         if prune_norm:
             self.norm = nn.Identity()
@@ -306,7 +313,7 @@ class TokenEncoder(nn.Module):
         """
         if output_fmt not in ("NCHW", "NLC"):
             raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
-        take_indices, max_index = self._take_indices(indices)
+        take_indices, max_index = take_block_indices(len(self.blocks), indices)
         grid = self.patch_embed.dynamic_grid(x)
         x = self.embed(x)
         blocks = self.blocks if not (stop_early and intermediates_only) else self.blocks[: max_index + 1]

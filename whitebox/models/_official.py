@@ -14,6 +14,7 @@ import torch
 from ._adapt import MAE_UNUSED, prenorm_block, rename_all
 
 __all__ = [
+    "cbsa_repo_to_native",
     "crate_alpha_official_to_native",
     "crate_mae_official_to_native",
     "crate_official_to_native",
@@ -23,6 +24,17 @@ __all__ = [
     "vit_mae_official_to_native",
 ]
 
+# the keys outside the blocks in lucidrains' vit-pytorch ``ViT``, which the CRATE, CRATE-alpha and CBSA
+# repositories keep: learned positions, class token, ``mlp_head = Sequential(LayerNorm, Linear)``
+_VIT_PYTORCH_KEYS = {
+    "pos_embedding": "pos_embed",
+    "cls_token": "cls_token",
+    "mlp_head.0.weight": "fc_norm.weight",
+    "mlp_head.0.bias": "fc_norm.bias",
+    "mlp_head.1.weight": "head.weight",
+    "mlp_head.1.bias": "head.bias",
+}
+
 
 def is_official_crate(state_dict: dict[str, torch.Tensor]) -> bool:
     return any(k.startswith(("transformer.layers.", "to_patch_embedding.")) for k in state_dict)
@@ -31,14 +43,7 @@ def is_official_crate(state_dict: dict[str, torch.Tensor]) -> bool:
 def crate_official_to_native(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Official supervised CRATE keys (``model/crate.py``: ``to_patch_embedding.{1,2,3}``, ``pos_embedding``,
     ``transformer.layers.i.{0,1}`` with ``PreNorm``, ``mlp_head.{0,1}``) -> ``CRATE`` keys."""
-    fixed = {
-        "pos_embedding": "pos_embed",
-        "cls_token": "cls_token",
-        "mlp_head.0.weight": "fc_norm.weight",
-        "mlp_head.0.bias": "fc_norm.bias",
-        "mlp_head.1.weight": "head.weight",
-        "mlp_head.1.bias": "head.bias",
-    }
+    fixed = _VIT_PYTORCH_KEYS
     embed = {"1": "patch_embed.norm_in", "2": "patch_embed.proj", "3": "patch_embed.norm_out"}
 
     def rename(k: str) -> str | None:
@@ -52,6 +57,35 @@ def crate_official_to_native(state_dict: dict[str, torch.Tensor]) -> dict[str, t
         return None
 
     return rename_all(state_dict, rename, "official CRATE")
+
+
+def cbsa_repo_to_native(
+    state_dict: dict[str, torch.Tensor], attn_keys: dict[str, str], what: str
+) -> dict[str, torch.Tensor]:
+    """The CBSA repository's layout (``models.py``: ``to_patch_embedding.proj``, ``pos_embedding``,
+    ``cls_token``, ``transformer.layers.i.{0,1}`` with ``PreNorm`` around the attention / ``ISTA``,
+    ``mlp_head.{0,1}``) -> ours, shared by CBT and the white-box ToST written there.
+
+    ``attn_keys`` maps the attention's own leaf names (after ``transformer.layers.i.0.fn.``) to ours
+    (after ``blocks.i.``); an attention leaf not in it is dropped. ``what`` names the layout in errors
+    (``rename_all``).
+    """
+    fixed = _VIT_PYTORCH_KEYS
+
+    def rename(k: str) -> str | None:
+        if k in fixed:
+            return fixed[k]
+        if m := re.fullmatch(r"to_patch_embedding\.(proj\.\d+\.[01]\.\w+)", k):
+            return f"patch_embed.{m.group(1)}"
+        if m := re.fullmatch(r"transformer\.layers\.(\d+)\.([01])\.norm\.(weight|bias)", k):
+            return f"blocks.{m.group(1)}.norm{int(m.group(2)) + 1}.{m.group(3)}"
+        if (m := re.fullmatch(r"transformer\.layers\.(\d+)\.0\.fn\.(.+)", k)) and m.group(2) in attn_keys:
+            return f"blocks.{m.group(1)}.{attn_keys[m.group(2)]}"
+        if m := re.fullmatch(r"transformer\.layers\.(\d+)\.1\.fn\.weight", k):
+            return f"blocks.{m.group(1)}.ista.weight"
+        return None
+
+    return rename_all(state_dict, rename, what)
 
 
 def is_official_crate_mae(state_dict: dict[str, torch.Tensor]) -> bool:
@@ -89,16 +123,7 @@ def is_official_crate_alpha(state_dict: dict[str, torch.Tensor]) -> bool:
 def crate_alpha_official_to_native(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Official keys (``torch_inference/model/crate_alpha.py``: ``conv1``, ``pos_embedding``, ``cls_token``,
     ``transformer.layers.i.{0,1}`` with ``PreNorm``, ``mlp_head.{0,1}``) -> ``CrateAlpha`` keys."""
-    fixed = {
-        "conv1.weight": "patch_embed.proj.weight",
-        "conv1.bias": "patch_embed.proj.bias",
-        "pos_embedding": "pos_embed",
-        "cls_token": "cls_token",
-        "mlp_head.0.weight": "fc_norm.weight",
-        "mlp_head.0.bias": "fc_norm.bias",
-        "mlp_head.1.weight": "head.weight",
-        "mlp_head.1.bias": "head.bias",
-    }
+    fixed = {"conv1.weight": "patch_embed.proj.weight", "conv1.bias": "patch_embed.proj.bias", **_VIT_PYTORCH_KEYS}
 
     def rename(k: str) -> str | None:
         if k in fixed:

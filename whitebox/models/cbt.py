@@ -9,7 +9,6 @@ on the class token. ImageNet-1K weights for CBT-T/S/B/L are on Google Drive.
 
 from __future__ import annotations
 
-import re
 from typing import Any, Literal
 
 import torch
@@ -19,9 +18,10 @@ from torch import nn
 from registry import build_model_with_cfg, generate_default_cfgs, register_model
 
 from ..layers import ContractBroadcastBlock, ConvStemPatchEmbed, adapt_stem_channels
-from ._adapt import adapt_state_dict, clean_state_dict, rename_all
+from ._adapt import adapt_state_dict, clean_state_dict
 from ._args import check_float, check_int, check_rates
 from ._encoder import GlobalPool, TokenEncoder
+from ._official import cbsa_repo_to_native
 
 __all__ = ["CBT"]
 
@@ -128,14 +128,6 @@ def is_official_cbt(state_dict: dict[str, torch.Tensor]) -> bool:
 def cbt_official_to_native(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The authors' keys (``models.py``: ``to_patch_embedding.proj``, ``pos_embedding``, ``cls_token``,
     ``transformer.layers.i.{0,1}`` with ``PreNorm`` around ``CBSA`` / ``ISTA``, ``mlp_head.{0,1}``) -> ours."""
-    fixed = {
-        "pos_embedding": "pos_embed",
-        "cls_token": "cls_token",
-        "mlp_head.0.weight": "fc_norm.weight",
-        "mlp_head.0.bias": "fc_norm.bias",
-        "mlp_head.1.weight": "head.weight",
-        "mlp_head.1.bias": "head.bias",
-    }
     attn = {
         "proj.weight": "attn.qkv.weight",
         "step_rep": "attn.alpha",
@@ -143,21 +135,7 @@ def cbt_official_to_native(state_dict: dict[str, torch.Tensor]) -> dict[str, tor
         "to_out.weight": "attn.proj.weight",
         "to_out.bias": "attn.proj.bias",
     }
-
-    def rename(k: str) -> str | None:
-        if k in fixed:
-            return fixed[k]
-        if m := re.fullmatch(r"to_patch_embedding\.(proj\.\d+\.[01]\.\w+)", k):
-            return f"patch_embed.{m.group(1)}"
-        if m := re.fullmatch(r"transformer\.layers\.(\d+)\.([01])\.norm\.(weight|bias)", k):
-            return f"blocks.{m.group(1)}.norm{int(m.group(2)) + 1}.{m.group(3)}"
-        if (m := re.fullmatch(r"transformer\.layers\.(\d+)\.0\.fn\.(.+)", k)) and m.group(2) in attn:
-            return f"blocks.{m.group(1)}.{attn[m.group(2)]}"
-        if m := re.fullmatch(r"transformer\.layers\.(\d+)\.1\.fn\.weight", k):
-            return f"blocks.{m.group(1)}.ista.weight"
-        return None
-
-    return rename_all(state_dict, rename, "official CBT")
+    return cbsa_repo_to_native(state_dict, attn, "official CBT")
 
 
 def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:

@@ -26,7 +26,8 @@ from registry import build_model_with_cfg, generate_default_cfgs, register_model
 from ..layers import ConvStemPatchEmbed, TokenStatisticsAttention, TokenStatisticsBlock, adapt_stem_channels
 from ._adapt import adapt_state_dict, clean_state_dict, rename_all
 from ._args import MAX_DEPTH, check_float, check_image_size, check_int, check_rates, check_width
-from ._encoder import GlobalPool, TokenEncoder
+from ._encoder import GlobalPool, TokenEncoder, take_block_indices
+from ._official import cbsa_repo_to_native
 
 __all__ = ["ClassAttentionBlock", "FourierPosEmbed", "ToST", "ToSTBlock", "WhiteBoxToST"]
 
@@ -414,25 +415,11 @@ class ToST(nn.Module):
         """Images (B, C, H, W) -> logits (B, num_classes) (or pooled features when there is no head)."""
         return self.forward_head(self.forward_features(x))
 
-    def _take_indices(self, indices: int | list[int] | None) -> tuple[list[int], int]:
-        n = len(self.blocks)
-        if indices is None:
-            return list(range(n)), n - 1
-        if isinstance(indices, int) and not isinstance(indices, bool):
-            if not 0 < indices <= n:
-                raise ValueError(f"indices as an int takes the last n blocks: 1 <= n <= {n}, got {indices}")
-            return list(range(n - indices, n)), n - 1
-        wanted = list(indices)
-        if not wanted or any(isinstance(i, bool) or not isinstance(i, int) or not -n <= i < n for i in wanted):
-            raise ValueError(f"block indices must be in [{-n}, {n - 1}], got {wanted} (a non-empty list of integers)")
-        take = [i % n for i in wanted]
-        return take, max(take)
-
     def prune_intermediate_layers(
         self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True
     ) -> list[int]:
         """Drop the TSSA layers after the last of ``indices``; with ``prune_head`` also the class attention."""
-        take_indices, max_index = self._take_indices(indices)
+        take_indices, max_index = take_block_indices(len(self.blocks), indices)
         self.blocks = self.blocks[: max_index + 1]
         if prune_norm:
             self.norm = nn.Identity()
@@ -461,7 +448,7 @@ class ToST(nn.Module):
         """
         if output_fmt not in ("NCHW", "NLC"):
             raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
-        take_indices, max_index = self._take_indices(indices)
+        take_indices, max_index = take_block_indices(len(self.blocks), indices)
         x, grid = self.embed(x)
         blocks = self.blocks if not (stop_early and intermediates_only) else self.blocks[: max_index + 1]
         intermediates = []
@@ -587,31 +574,14 @@ def tost_official_to_native(state_dict: dict[str, torch.Tensor]) -> dict[str, to
 def whitebox_tost_official_to_native(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The CBSA authors' white-box ToST keys (``models.py``: ``to_patch_embedding.proj``, ``pos_embedding``,
     ``transformer.layers.i.{0,1}`` with ``PreNorm`` around ``TSSA`` / ``ISTA``, ``mlp_head``) -> ``WhiteBoxToST``."""
-    fixed = {
-        "pos_embedding": "pos_embed",
-        "cls_token": "cls_token",
-        "mlp_head.0.weight": "fc_norm.weight",
-        "mlp_head.0.bias": "fc_norm.bias",
-        "mlp_head.1.weight": "head.weight",
-        "mlp_head.1.bias": "head.bias",
+    attn = {
+        "qkv.weight": "attn.qkv.weight",
+        "qkv.bias": "attn.qkv.bias",
+        "temp": "attn.temperature",
+        "to_out.weight": "attn.proj.weight",
+        "to_out.bias": "attn.proj.bias",
     }
-    attn = {"qkv.weight": "qkv.weight", "qkv.bias": "qkv.bias", "temp": "temperature"}
-    attn |= {"to_out.weight": "proj.weight", "to_out.bias": "proj.bias"}
-
-    def rename(k: str) -> str | None:
-        if k in fixed:
-            return fixed[k]
-        if m := re.fullmatch(r"to_patch_embedding\.(proj\.\d+\.[01]\.\w+)", k):
-            return f"patch_embed.{m.group(1)}"
-        if m := re.fullmatch(r"transformer\.layers\.(\d+)\.([01])\.norm\.(weight|bias)", k):
-            return f"blocks.{m.group(1)}.norm{int(m.group(2)) + 1}.{m.group(3)}"
-        if (m := re.fullmatch(r"transformer\.layers\.(\d+)\.0\.fn\.(.+)", k)) and m.group(2) in attn:
-            return f"blocks.{m.group(1)}.attn.{attn[m.group(2)]}"
-        if m := re.fullmatch(r"transformer\.layers\.(\d+)\.1\.fn\.weight", k):
-            return f"blocks.{m.group(1)}.ista.weight"
-        return None
-
-    return rename_all(state_dict, rename, "official white-box ToST")
+    return cbsa_repo_to_native(state_dict, attn, "official white-box ToST")
 
 
 def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
