@@ -16,6 +16,13 @@ def _conv_bn(in_chans: int, out_chans: int) -> nn.Sequential:
     )
 
 
+def check_stem_patch(patch_size: object) -> None:
+    """A model's up-front check, before anything is built: ``ValueError`` unless ``patch_size`` is 8 or 16, the
+    patch sizes the stem's stages make."""
+    if patch_size not in (8, 16):
+        raise ValueError(f"patch_size must be 8 or 16 (the convolutional stem's stages), got {patch_size}")
+
+
 class ConvStemPatchEmbed(_PatchEmbedBase):
     """(B, C, H, W) -> (B, N, d) through log2(p) stride-2 3x3 conv + BN stages with GELU between them.
 

@@ -14,11 +14,21 @@ from timm.layers import resample_abs_pos_embed, trunc_normal_
 from timm.models import checkpoint_seq
 from torch import nn
 
-from ..layers import ConvPatchEmbed, LinearPatchEmbed, SinCosPosEmbed
+from ..layers import ConvPatchEmbed, ConvStemPatchEmbed, LinearPatchEmbed, SinCosPosEmbed
 from ..layers.declare import linear_flops, merge, prefixed, require
 from ._args import MAX_DEPTH, check_image_size, check_int, check_rates, check_width
 
 GlobalPool = Literal["token", "avg", ""]
+
+
+def use_conv_stem(model: TokenEncoder) -> None:
+    """Give ``model`` XCiT's convolutional stem (``ConvStemPatchEmbed``, BatchNorm) for its conv patch embedding,
+    and N(0, 1) class token and position table: the harness of the CBSA authors' ``models.py`` (CBT and their
+    white-box ToST baseline)."""
+    embed = model.patch_embed
+    model.patch_embed = ConvStemPatchEmbed(embed.img_size, embed.patch_size, embed.in_chans, model.embed_dim)
+    nn.init.normal_(model.cls_token)
+    nn.init.normal_(model.pos_embed)
 
 
 def take_block_indices(num_blocks: int, indices: int | list[int] | None) -> tuple[list[int], int]:

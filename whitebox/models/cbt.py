@@ -17,17 +17,22 @@ from torch import nn
 
 from registry import build_model_with_cfg, generate_default_cfgs, register_model
 
-from ..layers import ContractBroadcastBlock, ConvStemPatchEmbed, adapt_stem_channels
+from ..layers import ContractBroadcastBlock, adapt_stem_channels
+from ..layers.conv_stem import check_stem_patch
 from ._adapt import adapt_state_dict, clean_state_dict
-from ._args import check_float, check_int, check_rates
-from ._encoder import GlobalPool, TokenEncoder
+from ._args import check_float, check_int, check_rates, forwarded, forwards_to
+from ._encoder import TokenEncoder, use_conv_stem
 from ._official import cbsa_repo_to_native
 
 __all__ = ["CBT"]
 
 
+@forwards_to(TokenEncoder, fixed=("block_fn", "block_kwargs", "embed_layer", "pos_embed", "final_norm", "fc_norm"))
 class CBT(TokenEncoder):
     """CBT backbone / classifier.
+
+    Keyword arguments only; those not listed in ``__init__`` go to ``TokenEncoder`` (``inspect.signature``
+    lists them all).
 
     Args:
         img_size, patch_size, in_chans: input geometry (patch 8 or 16: the stem's stages).
@@ -49,27 +54,19 @@ class CBT(TokenEncoder):
 
     def __init__(
         self,
-        img_size: int | tuple[int, int] = 224,
-        patch_size: int = 16,
-        in_chans: int = 3,
-        num_classes: int = 1000,
-        global_pool: GlobalPool = "token",
+        *,
         embed_dim: int = 384,
-        depth: int = 12,
         num_heads: int = 6,
         eta: float = 0.1,
         lambd: float = 0.1,
         pooling: Literal["official", "patch"] = "official",
         pool_size: int | tuple[int, int] = 8,
-        drop_rate: float = 0.0,
-        pos_drop_rate: float = 0.0,
         attn_drop_rate: float = 0.0,
         proj_drop_rate: float = 0.0,
-        drop_path_rate: float = 0.0,
-        dynamic_img_size: bool = False,
+        **kwargs: Any,
     ) -> None:
-        if patch_size not in (8, 16):
-            raise ValueError(f"patch_size must be 8 or 16 (the convolutional stem's stages), got {patch_size}")
+        img_size, patch_size = (forwarded(kwargs, TokenEncoder, k) for k in ("img_size", "patch_size"))
+        check_stem_patch(patch_size)
         check_float("eta", eta, 0.0, open_low=True)
         check_float("lambd", lambd, 0.0)
         check_rates(attn_drop_rate=attn_drop_rate, proj_drop_rate=proj_drop_rate)
@@ -88,22 +85,12 @@ class CBT(TokenEncoder):
             )
         super().__init__(
             block_fn=ContractBroadcastBlock,
-            img_size=img_size,
-            patch_size=patch_size,
-            in_chans=in_chans,
-            num_classes=num_classes,
-            global_pool=global_pool,
             embed_dim=embed_dim,
-            depth=depth,
             num_heads=num_heads,
             embed_layer="conv",
             pos_embed="learn",
             final_norm=False,  # the only final norm is the head's LN (eps 1e-5, the official mlp_head.0)
             fc_norm=True,
-            drop_rate=drop_rate,
-            pos_drop_rate=pos_drop_rate,
-            drop_path_rate=drop_path_rate,
-            dynamic_img_size=dynamic_img_size,
             block_kwargs=dict(
                 eta=eta,
                 lambd=lambd,
@@ -113,11 +100,9 @@ class CBT(TokenEncoder):
                 attn_drop=attn_drop_rate,
                 proj_drop=proj_drop_rate,
             ),
+            **kwargs,
         )
-        self.patch_embed = ConvStemPatchEmbed(img_size, patch_size, in_chans, embed_dim)
-        # the authors' initialisation: PyTorch defaults, N(0, 1) class token and positions, N(0, 1) steps
-        nn.init.normal_(self.cls_token)
-        nn.init.normal_(self.pos_embed)
+        use_conv_stem(self)  # XCiT's stem; the authors' N(0, 1) class token and positions
 
 
 # ----------------------------------------------------------------------------- the authors' layout

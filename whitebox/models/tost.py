@@ -24,9 +24,10 @@ from torch import nn
 from registry import build_model_with_cfg, generate_default_cfgs, register_model
 
 from ..layers import ConvStemPatchEmbed, TokenStatisticsAttention, TokenStatisticsBlock, adapt_stem_channels
+from ..layers.conv_stem import check_stem_patch
 from ._adapt import adapt_state_dict, clean_state_dict, rename_all
-from ._args import MAX_DEPTH, check_float, check_image_size, check_int, check_rates, check_width
-from ._encoder import GlobalPool, TokenEncoder, take_block_indices
+from ._args import MAX_DEPTH, check_float, check_image_size, check_int, check_rates, check_width, forwarded, forwards_to
+from ._encoder import GlobalPool, TokenEncoder, take_block_indices, use_conv_stem
 from ._official import cbsa_repo_to_native
 
 __all__ = ["ClassAttentionBlock", "FourierPosEmbed", "ToST", "ToSTBlock", "WhiteBoxToST"]
@@ -256,8 +257,7 @@ class ToST(nn.Module):
         drop_path_rate: float = 0.0,
     ) -> None:
         check_image_size(img_size, patch_size)
-        if patch_size not in (8, 16):
-            raise ValueError(f"patch_size must be 8 or 16 (the convolutional stem's stages), got {patch_size}")
+        check_stem_patch(patch_size)
         check_int("in_chans", in_chans, 1, 1024)
         check_int("num_classes", num_classes, 0, 10_000_000)
         check_width(embed_dim, num_heads)
@@ -467,6 +467,7 @@ class ToST(nn.Module):
         return self.norm(self.forward_cls(x)), intermediates
 
 
+@forwards_to(TokenEncoder, fixed=("block_fn", "block_kwargs", "embed_layer", "pos_embed", "final_norm", "fc_norm"))
 class WhiteBoxToST(TokenEncoder):
     """A fully white-box ToST: CRATE's network with TSSA for MSSA (``whitebox.layers.TokenStatisticsBlock``:
     ``x = x + TSSA(LN(x)); x = ISTA(LN(x))``), no MLP, no LayerScale, no class attention.
@@ -474,6 +475,9 @@ class WhiteBoxToST(TokenEncoder):
     The harness is the one the CBSA authors trained their ToST baseline in (``ToST_tiny`` / ``ToST_small`` of
     ``CBSA_image_classification/models.py``): XCiT's convolutional stem with BatchNorm, a class token and a
     learned position table, a head ``LN + Linear`` on the class token. No weights are published.
+
+    Keyword arguments only; those not listed in ``__init__`` go to ``TokenEncoder`` (``inspect.signature``
+    lists them all).
 
     Args:
         img_size, patch_size, in_chans: input geometry (patch 8 or 16: the stem's stages).
@@ -487,54 +491,34 @@ class WhiteBoxToST(TokenEncoder):
 
     def __init__(
         self,
-        img_size: int | tuple[int, int] = 224,
-        patch_size: int = 16,
-        in_chans: int = 3,
-        num_classes: int = 1000,
-        global_pool: GlobalPool = "token",
+        *,
         embed_dim: int = 384,
-        depth: int = 12,
         num_heads: int = 6,
         eta: float = 0.1,
         lambd: float = 0.1,
         qkv_bias: bool = False,
-        drop_rate: float = 0.0,
-        pos_drop_rate: float = 0.0,
         attn_drop_rate: float = 0.0,
         proj_drop_rate: float = 0.0,
-        drop_path_rate: float = 0.0,
-        dynamic_img_size: bool = False,
+        **kwargs: Any,
     ) -> None:
-        if patch_size not in (8, 16):
-            raise ValueError(f"patch_size must be 8 or 16 (the convolutional stem's stages), got {patch_size}")
+        check_stem_patch(forwarded(kwargs, TokenEncoder, "patch_size"))
         check_float("eta", eta, 0.0, open_low=True)
         check_float("lambd", lambd, 0.0)
         check_rates(attn_drop_rate=attn_drop_rate, proj_drop_rate=proj_drop_rate)
         super().__init__(
             block_fn=TokenStatisticsBlock,
-            img_size=img_size,
-            patch_size=patch_size,
-            in_chans=in_chans,
-            num_classes=num_classes,
-            global_pool=global_pool,
             embed_dim=embed_dim,
-            depth=depth,
             num_heads=num_heads,
             embed_layer="conv",
             pos_embed="learn",
             final_norm=False,  # the head's LN (eps 1e-5) is the only final norm
             fc_norm=True,
-            drop_rate=drop_rate,
-            pos_drop_rate=pos_drop_rate,
-            drop_path_rate=drop_path_rate,
-            dynamic_img_size=dynamic_img_size,
             block_kwargs=dict(
                 eta=eta, lambd=lambd, qkv_bias=qkv_bias, attn_drop=attn_drop_rate, proj_drop=proj_drop_rate
             ),
+            **kwargs,
         )
-        self.patch_embed = ConvStemPatchEmbed(img_size, patch_size, in_chans, embed_dim)
-        nn.init.normal_(self.cls_token)  # the authors' harness: N(0, 1) class token and positions
-        nn.init.normal_(self.pos_embed)
+        use_conv_stem(self)  # the authors' harness: XCiT's stem, N(0, 1) class token and positions
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
