@@ -260,7 +260,7 @@ def load_images(
     validation or test sub-folder / split when there is one, else the whole source. A ``wds:`` stream is
     read in shard order.
     """
-    from .train.data import build_dataset
+    from .data import build_dataset
 
     if data.startswith("hf:"):
         return _load_hf(data, split, image_column, label_column), None, None
@@ -344,9 +344,11 @@ class SingleImage:
         return 1
 
     def __getitem__(self, i: int) -> tuple[Any, int]:
-        from .train.data import _open_rgb
+        from .data.base import open_image
 
-        return _open_rgb(str(self.files[i])), -1
+        img = open_image(str(self.files[i]))
+        img.load()  # decoded here, so a broken file fails here
+        return img, -1
 
     def describe(self, i: int) -> str:
         return str(self.files[i])
@@ -370,13 +372,14 @@ class UInt8Images:
         import numpy as np
         import torch
 
-        from .train.data import _UNREADABLE, describe_item
+        from .data import describe_item
+        from .data.base import UNREADABLE
 
         try:
             img, label = self.base[i]
             x = torch.from_numpy(np.ascontiguousarray(self.transform(img)))
             return x, int(label), i, ""
-        except _UNREADABLE as err:
+        except UNREADABLE as err:
             what = f"{describe_item(self.base, i)} cannot be read as an image ({type(err).__name__}: {err})"
             return torch.zeros(self.input_size, dtype=torch.uint8), -1, i, what + "; fix or remove it"
 

@@ -107,7 +107,7 @@ def infer(args: argparse.Namespace) -> list[dict[str, Any]]:
         read_lines(args.class_map, "--class-map")  # a missing or empty file fails before the model is built
     import torch
 
-    from .train.data import describe_item
+    from .data import describe_item
 
     dev, autocast = setup_runtime(args)
     model, _ = build_model(args)

@@ -124,7 +124,7 @@ def validate(args: argparse.Namespace) -> dict[str, Any]:
     import torch
     from torch.nn import functional as F
 
-    from .train.data import dataset_labels
+    from .data import dataset_labels
 
     dev, autocast = setup_runtime(args)
     model, name = build_model(args)
