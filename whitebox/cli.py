@@ -21,7 +21,9 @@ import argparse
 import ast
 import json
 import math
+import os
 import re
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -43,6 +45,7 @@ __all__ = [
     "require",
     "running_program",
     "start_program",
+    "started",
 ]
 
 DEVICE_PATTERN = re.compile(r"^(auto|(cpu|mps|cuda|xpu)(:\d+)?)$")
@@ -349,9 +352,26 @@ def answering_help(argv: Sequence[str] | None = None, orig_argv: Sequence[str] |
 def quiet_interrupts() -> None:
     """A Ctrl-C before a program's own handling starts (while torch loads) ends with one line, no traceback.
 
-    Installed by ``whitebox/__init__.py`` in our programs' processes only; other exceptions print as usual."""
+    Installed by ``whitebox/__init__.py`` in our programs' processes only; other exceptions print as usual.
+    While the program starts, SIGINT exits at once (status 130) instead of raising ``KeyboardInterrupt``:
+    raised inside torch's native import code, that exception aborts the process ("terminate called after
+    throwing an instance of 'pybind11::error_already_set'"). :func:`started` ends that window."""
     if sys.excepthook is sys.__excepthook__:
         sys.excepthook = _interrupt_hook
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _interrupt_while_starting)
+
+
+def started() -> None:
+    """The program's own handling begins: a Ctrl-C raises ``KeyboardInterrupt`` again."""
+    if signal.getsignal(signal.SIGINT) is _interrupt_while_starting:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def _interrupt_while_starting(signum: int, frame: object) -> None:
+    sys.stderr.write("interrupted while starting: nothing was written\n")
+    sys.stderr.flush()
+    os._exit(130)
 
 
 def _interrupt_hook(kind: type[BaseException], value: BaseException, tb: object) -> None:

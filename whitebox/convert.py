@@ -72,9 +72,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from .cli import start_program
+    from .cli import start_program, started
 
     start_program(build_parser)
+    started()
     from registry import UnsafeCheckpointError
 
     try:

@@ -201,9 +201,10 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     import sys
 
-    from .cli import start_program
+    from .cli import start_program, started
 
     start_program(build_parser)
+    started()
     try:
         sys.exit(main())
     except (ValueError, TypeError, OSError) as err:  # a bad name or size: a message, not a traceback

@@ -32,6 +32,7 @@ from ..cli import (
     number,
     program_name,
     start_program,
+    started,
 )
 from ..cli import device as device_type
 
@@ -219,6 +220,7 @@ def cli() -> int:
     import pickle
 
     start_program(build_parser)
+    started()  # main() handles a Ctrl-C itself (one line, status 130)
     try:
         return main()
     except (ValueError, TypeError, OSError, pickle.UnpicklingError) as err:

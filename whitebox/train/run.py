@@ -56,7 +56,7 @@ import torch
 
 from registry import UnsafeCheckpointError, apply_state_dict
 
-from ..cli import FREE_FLAGS
+from ..cli import FREE_FLAGS, started
 from ..io import write_json
 from .checkpoint import CHECKPOINT_NAMES, atomic_save, find_resume, get_rng_state, remove_stale_temps, set_rng_state
 from .common import amp_context
@@ -164,6 +164,7 @@ def run_main(main: Callable[[], Any]) -> None:
     """A recipe's ``__main__``: an error the user can act on (bad input, a file, a folder in use, a
     refused resume, a non-finite run) ends the program with ``error: MESSAGE`` and exit status 1, not a
     traceback; a stop by signal exits 130 (SIGINT) or 143 (SIGTERM) after its one line."""
+    started()  # the imports are done: from here a Ctrl-C is the program's to handle
     try:
         main()
     except (ValueError, OSError, FolderInUseError, UnsafeCheckpointError, NonFiniteError) as err:
